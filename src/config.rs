@@ -1,0 +1,254 @@
+//! Typed settings from flags and environment variables (a flag wins over its variable).
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use sqlx::postgres::PgConnectOptions;
+
+use crate::ledger::Limits;
+
+/// Used when neither `--database-url`/`DATABASE_URL` nor any `PG*` variable is set.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/jobledger";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "jobledger",
+    version,
+    about = "The durable ledger of asynchronous jobs: a gRPC service on PostgreSQL.",
+    long_about = "The durable ledger of asynchronous jobs: a gRPC service on PostgreSQL.\n\n\
+        Without a subcommand, `jobledger` serves (same as `jobledger serve`).",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    /// Log format: `json` (one object per line) or `pretty`. Default: pretty on a
+    /// terminal, json otherwise. Filter with RUST_LOG (default `info`).
+    #[arg(long, global = true, env = "JOBLEDGER_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the gRPC API (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Create the database if needed, run the migrations, and exit.
+    Migrate(MigrateArgs),
+    /// Check a running server's health; exit 0 when SERVING (for container health checks).
+    Health(crate::cli::HealthArgs),
+    /// Create, read and move jobs on a running server.
+    Job(crate::cli::JobArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Args, Clone, Debug, Default)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL. Without it, libpq's PGHOST, PGPORT, PGUSER, PGPASSWORD and
+    /// PGDATABASE are used; without those, postgres://postgres@localhost:5432/jobledger.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl DatabaseArgs {
+    /// Where the ledger's database is.
+    pub fn connect_options(&self) -> anyhow::Result<PgConnectOptions> {
+        if let Some(url) = &self.database_url {
+            return url
+                .parse()
+                .context("--database-url / DATABASE_URL is not a valid PostgreSQL URL");
+        }
+        let libpq_vars = ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"];
+        if !libpq_vars.iter().any(|v| std::env::var_os(v).is_some()) {
+            return Ok(DEFAULT_DATABASE_URL.parse()?);
+        }
+        // PgConnectOptions::new() reads the PG* variables; fill in what they leave out
+        // with the defaults of DEFAULT_DATABASE_URL.
+        let mut options = PgConnectOptions::new();
+        if std::env::var_os("PGHOST").is_none() {
+            options = options.host("localhost");
+        }
+        if std::env::var_os("PGUSER").is_none() {
+            options = options.username("postgres");
+        }
+        if std::env::var_os("PGDATABASE").is_none() {
+            options = options.database("jobledger");
+        }
+        Ok(options)
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "JOBLEDGER_LISTEN_ADDR", default_value = "0.0.0.0:50051")]
+    pub listen_addr: SocketAddr,
+
+    /// Connections in the request pool (the old stack's 5 + 10 overflow).
+    #[arg(long, env = "JOBLEDGER_POOL_SIZE", default_value_t = 15,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub pool_size: u32,
+
+    /// How often the health probe runs `SELECT 1`, in milliseconds.
+    #[arg(long, env = "JOBLEDGER_PROBE_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub probe_interval_ms: u64,
+
+    /// How long one probe may take before it counts as failed, in milliseconds.
+    #[arg(long, env = "JOBLEDGER_PROBE_TIMEOUT_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub probe_timeout_ms: u64,
+
+    /// How long a request waits for a database connection before UNAVAILABLE, in ms.
+    #[arg(long, env = "JOBLEDGER_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub db_acquire_timeout_ms: u64,
+
+    /// PostgreSQL statement_timeout of request connections, in ms (then UNAVAILABLE).
+    #[arg(long, env = "JOBLEDGER_STATEMENT_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub statement_timeout_ms: u64,
+
+    /// On SIGTERM/SIGINT, how long in-flight calls may take to finish, in ms.
+    #[arg(long, env = "JOBLEDGER_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+
+    /// How long start-up waits for the database (create + migrate) before giving up, in ms.
+    #[arg(long, env = "JOBLEDGER_STARTUP_TIMEOUT_MS", default_value_t = 60_000)]
+    pub startup_timeout_ms: u64,
+
+    /// Serve gRPC server reflection (grpcurl then needs no .proto).
+    #[arg(long, env = "JOBLEDGER_REFLECTION", default_value_t = true, action = ArgAction::Set)]
+    pub reflection: bool,
+
+    /// Largest request message accepted, in bytes (larger: RESOURCE_EXHAUSTED).
+    #[arg(long, env = "JOBLEDGER_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Field limits (spec §3). Those of columns with a fixed width cannot exceed it.
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitArgs {
+    /// Longest `type`, in characters (column: varchar(100)).
+    #[arg(long, env = "JOBLEDGER_MAX_TYPE_CHARS", default_value_t = 100,
+          value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub max_type_chars: u16,
+    /// Longest idempotency_key, requested_by, actor and request_id, in characters
+    /// (columns: varchar(255)).
+    #[arg(long, env = "JOBLEDGER_MAX_KEY_CHARS", default_value_t = 255,
+          value_parser = clap::value_parser!(u16).range(1..=255))]
+    pub max_key_chars: u16,
+    /// Longest `stage`, in characters.
+    #[arg(long, env = "JOBLEDGER_MAX_STAGE_CHARS", default_value_t = 100)]
+    pub max_stage_chars: usize,
+    /// Longest `error_code`, in characters (column: varchar(100)).
+    #[arg(long, env = "JOBLEDGER_MAX_ERROR_CODE_CHARS", default_value_t = 100,
+          value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub max_error_code_chars: u16,
+    /// Longest `error_message`, in bytes.
+    #[arg(long, env = "JOBLEDGER_MAX_ERROR_MESSAGE_BYTES", default_value_t = 8 * 1024)]
+    pub max_error_message_bytes: usize,
+    /// Largest params / result / detail, in bytes of JSON.
+    #[arg(long, env = "JOBLEDGER_MAX_JSON_BYTES", default_value_t = 64 * 1024)]
+    pub max_json_bytes: usize,
+    /// Deepest nesting of params / result / detail.
+    #[arg(long, env = "JOBLEDGER_MAX_JSON_DEPTH", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub max_json_depth: u16,
+    /// Highest max_attempts a job may ask for.
+    #[arg(long, env = "JOBLEDGER_MAX_ATTEMPTS_LIMIT", default_value_t = 1000,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub max_attempts_limit: i32,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            type_chars: self.max_type_chars.into(),
+            key_chars: self.max_key_chars.into(),
+            stage_chars: self.max_stage_chars,
+            error_code_chars: self.max_error_code_chars.into(),
+            error_message_bytes: self.max_error_message_bytes,
+            json_bytes: self.max_json_bytes,
+            json_depth: self.max_json_depth.into(),
+            max_attempts: self.max_attempts_limit,
+        }
+    }
+}
+
+impl ServeArgs {
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.probe_interval_ms)
+    }
+    pub fn probe_timeout(&self) -> Duration {
+        Duration::from_millis(self.probe_timeout_ms)
+    }
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+    pub fn startup_timeout(&self) -> Duration {
+        Duration::from_millis(self.startup_timeout_ms)
+    }
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_acquire_timeout_ms)
+    }
+    pub fn statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.statement_timeout_ms)
+    }
+
+    /// Settings for a server on `database_url` (tests and embedding), everything else
+    /// at its default, environment ignored.
+    pub fn for_database(database_url: &str) -> ServeArgs {
+        let mut args = Cli::parse_from(["jobledger"]).serve;
+        args.database.database_url = Some(database_url.to_owned());
+        args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let cli = Cli::try_parse_from(["jobledger"]).unwrap();
+        assert!(cli.command.is_none());
+        let s = cli.serve;
+        assert_eq!(s.pool_size, 15);
+        assert_eq!(s.probe_interval_ms, 1000);
+        assert_eq!(s.limits.limits(), Limits::default());
+    }
+
+    #[test]
+    fn a_flag_wins_and_limits_are_bounded_by_columns() {
+        let cli = Cli::try_parse_from(["jobledger", "serve", "--pool-size", "3"]).unwrap();
+        match cli.command {
+            Some(Command::Serve(s)) => assert_eq!(s.pool_size, 3),
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["jobledger", "--max-type-chars", "101"]).is_err());
+        assert!(Cli::try_parse_from(["jobledger", "--pool-size", "0"]).is_err());
+    }
+}

@@ -1,0 +1,74 @@
+//! The one error type of the ledger. The API layer maps each variant to a gRPC status
+//! in exactly one place (`api::error`); the store turns SQLSTATEs into these.
+
+use uuid::Uuid;
+
+use super::JobStatus;
+
+/// A field that failed validation: `field` is the request field path (`params.a.b`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("invalid request: {}", summarize(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+
+    #[error("job {job_id} not found")]
+    NotFound { job_id: Uuid },
+
+    #[error("cannot move a job from {from} to {to}")]
+    InvalidTransition {
+        from: JobStatus,
+        to: JobStatus,
+        allowed: Vec<JobStatus>,
+    },
+
+    #[error("job has used all {max_attempts} attempts; redrive it from DEAD_LETTER or cancel it")]
+    AttemptsExhausted {
+        attempt: i32,
+        max_attempts: i32,
+        allowed: Vec<JobStatus>,
+    },
+
+    #[error("job is {actual}, not the expected {expected}")]
+    StatusMismatch {
+        expected: JobStatus,
+        actual: JobStatus,
+    },
+
+    #[error("attempt {reported} is stale: the job is on attempt {current}")]
+    StaleAttempt { reported: i32, current: i32 },
+
+    #[error("idempotency key already used by job {job_id} with a different type or params")]
+    IdempotencyKeyReused { job_id: Uuid },
+
+    #[error("request_id already applied to this job with a different to_status")]
+    RequestIdReused { job_id: Uuid },
+
+    #[error("database unavailable, retry later")]
+    Unavailable { cause: String },
+
+    /// A bug. The cause is logged, never sent to clients.
+    #[error("internal error")]
+    Internal { cause: String },
+}
+
+fn summarize(v: &[FieldViolation]) -> String {
+    v.iter()
+        .map(|f| format!("{}: {}", f.field, f.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl LedgerError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        LedgerError::InvalidArgument(vec![FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        }])
+    }
+}

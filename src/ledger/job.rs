@@ -1,0 +1,90 @@
+//! Jobs, their events, and the validated inputs that create and move them.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::JobStatus;
+
+/// The org used when authentication is off and a request names none.
+pub const DEFAULT_ORG: Uuid = Uuid::nil();
+
+/// A job as stored: the row of `job`, including the compatibility view
+/// (`stage`, `progress`, `result`, `last_error_*`) kept current by every transition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub job_type: String,
+    pub status: JobStatus,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub priority: i32,
+    pub idempotency_key: Option<String>,
+    pub requested_by: Option<String>,
+    pub params: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub last_error_code: Option<String>,
+    pub last_error_message: Option<String>,
+    pub stage: Option<String>,
+    pub progress: Option<i32>,
+    pub result: Option<Value>,
+}
+
+/// One row of `job_event`. `seq` orders the events of a job (and is the cursor).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobEvent {
+    pub id: Uuid,
+    pub job_id: Uuid,
+    pub org_id: Uuid,
+    pub ts: DateTime<Utc>,
+    pub prev_status: Option<JobStatus>,
+    pub next_status: JobStatus,
+    pub attempt: i32,
+    pub detail: Option<Value>,
+    pub seq: i64,
+}
+
+/// An event decided by the state machine, not yet written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub prev_status: JobStatus,
+    pub next_status: JobStatus,
+    pub attempt: i32,
+    pub detail: Map<String, Value>,
+}
+
+/// A validated CreateJob.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub org_id: Uuid,
+    pub job_type: String,
+    pub priority: i32,
+    pub idempotency_key: Option<String>,
+    pub requested_by: Option<String>,
+    pub max_attempts: i32,
+    pub params: Option<Value>,
+}
+
+/// A validated TransitionJob.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub org_id: Uuid,
+    pub job_id: Uuid,
+    pub to: JobStatus,
+    pub expected_status: Option<JobStatus>,
+    pub attempt: Option<i32>,
+    pub stage: Option<String>,
+    pub progress: Option<i32>,
+    pub result: Option<Value>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    /// Free-form detail from the client; never contains a reserved key.
+    pub detail: Map<String, Value>,
+    pub actor: Option<String>,
+    pub request_id: Option<String>,
+}

@@ -1,0 +1,17 @@
+//! The ledger's domain: jobs, events, the status state machine and the input rules.
+//!
+//! Nothing here knows about gRPC or SQL; the API layer converts wire types into these,
+//! the store persists them, and every decision about what a transition does is made
+//! by [`machine::apply`].
+
+pub mod error;
+pub mod job;
+pub mod machine;
+pub mod status;
+pub mod validate;
+
+pub use error::{FieldViolation, LedgerError};
+pub use job::{Job, JobEvent, NewEvent, NewJob, Transition, DEFAULT_ORG};
+pub use machine::{apply, Applied};
+pub use status::JobStatus;
+pub use validate::{Limits, Violations};

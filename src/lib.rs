@@ -1,0 +1,24 @@
+//! jobledger: the durable ledger of asynchronous jobs, served over gRPC on PostgreSQL.
+//!
+//! Layers, outside in: `api` (tonic services, the only place statuses are built),
+//! `ledger` (the domain: state machine, validation, errors), `store` (PostgreSQL).
+//! `startup` wires them into a server; `health` probes the database.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod ledger;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+
+/// The generated `jobledger.v1` types, client and server.
+pub mod proto {
+    #![allow(clippy::all)]
+    tonic::include_proto!("jobledger.v1");
+
+    /// The encoded descriptors of the contract, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/jobledger_descriptor.bin"));
+}

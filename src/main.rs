@@ -1,0 +1,69 @@
+//! The `jobledger` binary: parses the command line and hands over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use jobledger::{
+    cli,
+    config::{Cli, Command},
+    startup::Application,
+    store, telemetry,
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Health(args)) => return cli::health(args).await,
+        Some(Command::Job(args)) => return cli::job(args).await,
+        _ => {}
+    }
+    telemetry::init(cli.log_format);
+    let result = match cli.command {
+        Some(Command::Migrate(args)) => migrate(args).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        None => serve(cli.serve).await,
+        Some(Command::Health(_) | Command::Job(_)) => unreachable!("handled above"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "jobledger failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: jobledger::config::ServeArgs) -> anyhow::Result<()> {
+    let app = Application::build(args).await?;
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+async fn migrate(args: jobledger::config::MigrateArgs) -> anyhow::Result<()> {
+    let options = args.database.connect_options()?;
+    store::prepare_database(&options).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        tokio::signal::ctrl_c().await.ok();
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = terminate => tracing::info!("SIGTERM received"),
+    }
+}

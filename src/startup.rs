@@ -1,0 +1,200 @@
+//! Wiring: settings in, a listening server out. `Application::build` prepares the
+//! database and binds the port (so tests learn it before serving);
+//! `run_until_stopped` serves until the shutdown future resolves, then drains.
+
+use std::{future::Future, net::SocketAddr, time::Instant};
+
+use anyhow::Context;
+use sqlx::postgres::PgConnectOptions;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{transport::Server, Code, Status};
+use tonic_types::ErrorDetails;
+
+use crate::api::{error::status_with, LedgerService};
+use crate::config::ServeArgs;
+use crate::health::{probe_loop, HealthState};
+use crate::proto::{self, job_ledger_server::JobLedgerServer};
+use crate::store::{self, PoolSettings, Store};
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    options: PgConnectOptions,
+    store: Store,
+    args: ServeArgs,
+}
+
+impl Application {
+    /// Creates and migrates the database (waiting up to the start-up timeout for it to
+    /// be reachable), then binds the listen address.
+    pub async fn build(args: ServeArgs) -> anyhow::Result<Application> {
+        let options =
+            store::tune_options(args.database.connect_options()?, args.statement_timeout());
+        tracing::info!(
+            host = options.get_host(),
+            port = options.get_port(),
+            database = options.get_database().unwrap_or_default(),
+            user = options.get_username(),
+            "using database"
+        );
+        prepare_with_retry(&options, &args).await?;
+        let store = Store::connect_lazy(
+            options.clone(),
+            &PoolSettings {
+                size: args.pool_size,
+                acquire_timeout: args.acquire_timeout(),
+            },
+        );
+        let listener = TcpListener::bind(args.listen_addr)
+            .await
+            .with_context(|| format!("binding {}", args.listen_addr))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Application {
+            listener,
+            local_addr,
+            options,
+            store,
+            args,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// Serves until `shutdown` resolves. Then: health NOT_SERVING at once, no new
+    /// connections or calls, in-flight calls finish within the drain timeout.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let args = self.args;
+        let stop = CancellationToken::new();
+
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let health = HealthState::new(reporter).await;
+        let probe = tokio::spawn(probe_loop(
+            health,
+            self.options.clone(),
+            args.probe_interval(),
+            args.probe_timeout(),
+            stop.clone(),
+        ));
+
+        let ledger =
+            JobLedgerServer::new(LedgerService::new(self.store.clone(), args.limits.limits()))
+                .max_decoding_message_size(args.max_request_bytes);
+
+        let (reflection_v1, reflection_v1alpha) = if args.reflection {
+            let builder = || {
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            };
+            (
+                Some(builder().build_v1()?),
+                Some(builder().build_v1alpha()?),
+            )
+        } else {
+            (None, None)
+        };
+
+        let server_stop = stop.clone();
+        let serve = Server::builder()
+            .layer(tower::util::MapResponseLayer::new(
+                client_errors_are_not_internal,
+            ))
+            .add_service(health_service)
+            .add_service(ledger)
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+                server_stop.cancelled().await
+            });
+        tracing::info!(addr = %self.local_addr, "serving");
+
+        tokio::pin!(serve);
+        tokio::select! {
+            result = &mut serve => {
+                stop.cancel();
+                result.context("gRPC server failed")?;
+            }
+            _ = shutdown => {
+                tracing::info!(drain_timeout = ?args.drain_timeout(), "shutting down: draining calls");
+                let started = Instant::now();
+                stop.cancel();
+                match tokio::time::timeout(args.drain_timeout(), &mut serve).await {
+                    Ok(result) => result.context("gRPC server failed while draining")?,
+                    Err(_) => tracing::warn!("drain timeout reached; closing remaining calls"),
+                }
+                tracing::info!(elapsed = ?started.elapsed(), "drained");
+            }
+        }
+        probe.await.ok();
+        self.store.pool().close().await;
+        Ok(())
+    }
+}
+
+async fn prepare_with_retry(options: &PgConnectOptions, args: &ServeArgs) -> anyhow::Result<()> {
+    let deadline = Instant::now() + args.startup_timeout();
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        match store::prepare_database(options).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() + delay < deadline => {
+                tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "database not ready");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(e.context("the database was not ready within the start-up timeout"))
+            }
+        }
+    }
+}
+
+/// tonic answers some client mistakes itself, before any handler runs: a body that is
+/// not valid protobuf (INTERNAL) and a message over the size limit (OUT_OF_RANGE).
+/// Clients caused both, so they become INVALID_ARGUMENT and RESOURCE_EXHAUSTED, with
+/// the ErrorInfo every jobledger error carries.
+fn client_errors_are_not_internal<B: Default>(response: http::Response<B>) -> http::Response<B> {
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    let (code, reason) = match status.code() {
+        Code::Internal
+            if status
+                .message()
+                .starts_with("failed to decode Protobuf message") =>
+        {
+            (Code::InvalidArgument, "MALFORMED_REQUEST")
+        }
+        Code::OutOfRange if status.message().contains("message length too large") => {
+            (Code::ResourceExhausted, "REQUEST_TOO_LARGE")
+        }
+        _ => return response,
+    };
+    let message = status.message().to_owned();
+    let (mut parts, body) = response.into_parts();
+    let replacement = status_with(
+        code,
+        message,
+        reason,
+        Default::default(),
+        ErrorDetails::new(),
+    );
+    for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+        parts.headers.remove(name);
+    }
+    if replacement.add_header(&mut parts.headers).is_err() {
+        return http::Response::from_parts(parts, body);
+    }
+    http::Response::from_parts(parts, body)
+}

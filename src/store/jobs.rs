@@ -1,0 +1,399 @@
+//! The ledger's queries. Each RPC is one transaction with as few round trips as its
+//! rules allow; the state machine's decision comes from `ledger::apply`, never from SQL.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{types::Json, FromRow};
+use uuid::Uuid;
+
+use super::Store;
+use crate::ledger::{apply, Job, JobEvent, JobStatus, LedgerError, NewEvent, NewJob, Transition};
+
+const JOB_COLUMNS: &str = "id, org_id, type, status, attempt, max_attempts, priority, \
+     idempotency_key, requested_by, params, created_at, updated_at, started_at, finished_at, \
+     last_error_code, last_error_message, stage, progress, result";
+
+const EVENT_COLUMNS: &str =
+    "id, job_id, org_id, ts, prev_status, next_status, attempt, detail_json, seq";
+
+#[derive(FromRow)]
+struct JobRow {
+    id: Uuid,
+    org_id: Uuid,
+    #[sqlx(rename = "type")]
+    job_type: String,
+    status: String,
+    attempt: i32,
+    max_attempts: i32,
+    priority: i32,
+    idempotency_key: Option<String>,
+    requested_by: Option<String>,
+    params: Option<Json<Value>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    last_error_code: Option<String>,
+    last_error_message: Option<String>,
+    stage: Option<String>,
+    progress: Option<i32>,
+    result: Option<Json<Value>>,
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = LedgerError;
+    fn try_from(r: JobRow) -> Result<Job, LedgerError> {
+        Ok(Job {
+            id: r.id,
+            org_id: r.org_id,
+            job_type: r.job_type,
+            status: parse_status(&r.status)?,
+            attempt: r.attempt,
+            max_attempts: r.max_attempts,
+            priority: r.priority,
+            idempotency_key: r.idempotency_key,
+            requested_by: r.requested_by,
+            params: r.params.map(|j| j.0),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            last_error_code: r.last_error_code,
+            last_error_message: r.last_error_message,
+            stage: r.stage,
+            progress: r.progress,
+            result: r.result.map(|j| j.0),
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct EventRow {
+    id: Uuid,
+    job_id: Uuid,
+    org_id: Uuid,
+    ts: DateTime<Utc>,
+    prev_status: Option<String>,
+    next_status: String,
+    attempt: Option<i32>,
+    detail_json: Option<Json<Value>>,
+    seq: i64,
+}
+
+impl TryFrom<EventRow> for JobEvent {
+    type Error = LedgerError;
+    fn try_from(r: EventRow) -> Result<JobEvent, LedgerError> {
+        Ok(JobEvent {
+            id: r.id,
+            job_id: r.job_id,
+            org_id: r.org_id,
+            ts: r.ts,
+            prev_status: r.prev_status.as_deref().map(parse_status).transpose()?,
+            next_status: parse_status(&r.next_status)?,
+            attempt: r.attempt.unwrap_or(0),
+            detail: r.detail_json.map(|j| j.0),
+            seq: r.seq,
+        })
+    }
+}
+
+fn parse_status(s: &str) -> Result<JobStatus, LedgerError> {
+    JobStatus::from_db_str(s).ok_or_else(|| LedgerError::Internal {
+        cause: format!("unknown status {s:?} in the database"),
+    })
+}
+
+/// What an applied `request_id` recorded.
+struct RecordedRequest {
+    to_status: String,
+    job_snapshot: Job,
+    event_ids: Vec<Uuid>,
+}
+
+/// The current row of a job, locked, with the transaction's time and, when the
+/// request carries an already applied `request_id`, the outcome recorded for it.
+#[derive(FromRow)]
+struct LockedJob {
+    #[sqlx(flatten)]
+    job: JobRow,
+    now: DateTime<Utc>,
+    recorded_to_status: Option<String>,
+    recorded_job: Option<Json<Job>>,
+    recorded_event_ids: Option<Vec<Uuid>>,
+}
+
+impl LockedJob {
+    fn take_recorded(&mut self) -> Option<RecordedRequest> {
+        Some(RecordedRequest {
+            to_status: self.recorded_to_status.take()?,
+            job_snapshot: self.recorded_job.take()?.0,
+            event_ids: self.recorded_event_ids.take()?,
+        })
+    }
+}
+
+/// The outcome of a transition: the job after it and the events it wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitionOutcome {
+    pub job: Job,
+    pub events: Vec<JobEvent>,
+}
+
+impl Store {
+    /// Creates a job and its creation event, or returns the job that already holds the
+    /// idempotency key (`created = false`) if its type and params are the same.
+    #[tracing::instrument(skip_all, fields(org_id = %new.org_id, job_type = %new.job_type))]
+    pub async fn create_job(&self, new: &NewJob) -> Result<(Job, bool), LedgerError> {
+        let insert = format!(
+            "WITH new_job AS (
+                INSERT INTO job (org_id, type, priority, idempotency_key, requested_by,
+                                 max_attempts, params)
+                VALUES ($1, $2, $3, $4, $5, $6, $7)
+                ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL
+                DO NOTHING
+                RETURNING *
+             ), creation_event AS (
+                INSERT INTO job_event (job_id, org_id, ts, prev_status, next_status, attempt,
+                                       detail_json)
+                SELECT id, org_id, created_at, NULL, 'queued', 0, $8 FROM new_job
+             )
+             SELECT {JOB_COLUMNS} FROM new_job"
+        );
+        let mut detail = serde_json::Map::new();
+        if let Some(by) = &new.requested_by {
+            detail.insert("actor".into(), Value::String(by.clone()));
+        }
+        // Without a key there is no conflict to lose; with one, the loser of a race
+        // re-reads the winner (committed by then: ON CONFLICT waits for it).
+        for _ in 0..3 {
+            let created: Option<JobRow> = sqlx::query_as(&insert)
+                .bind(new.org_id)
+                .bind(&new.job_type)
+                .bind(new.priority)
+                .bind(&new.idempotency_key)
+                .bind(&new.requested_by)
+                .bind(new.max_attempts)
+                .bind(new.params.as_ref().map(Json))
+                .bind(Json(Value::Object(detail.clone())))
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(row) = created {
+                return Ok((row.try_into()?, true));
+            }
+            let Some(key) = &new.idempotency_key else {
+                break;
+            };
+            let existing: Option<SameInputRow> = sqlx::query_as(&format!(
+                "SELECT {JOB_COLUMNS},
+                        (type = $3 AND params IS NOT DISTINCT FROM $4::jsonb) AS same_input
+                 FROM job WHERE org_id = $1 AND idempotency_key = $2"
+            ))
+            .bind(new.org_id)
+            .bind(key)
+            .bind(&new.job_type)
+            .bind(new.params.as_ref().map(Json))
+            .fetch_optional(&self.pool)
+            .await?;
+            match existing {
+                Some(SameInputRow {
+                    job,
+                    same_input: true,
+                }) => return Ok((job.try_into()?, false)),
+                Some(SameInputRow { job, .. }) => {
+                    return Err(LedgerError::IdempotencyKeyReused { job_id: job.id })
+                }
+                None => continue,
+            }
+        }
+        Err(LedgerError::Internal {
+            cause: "create_job: insert neither created nor found a job".into(),
+        })
+    }
+
+    /// The job with this id in this org; another org's job is not found.
+    #[tracing::instrument(skip_all, fields(%org_id, %job_id))]
+    pub async fn get_job(&self, org_id: Uuid, job_id: Uuid) -> Result<Job, LedgerError> {
+        let row: Option<JobRow> = sqlx::query_as(&format!(
+            "SELECT {JOB_COLUMNS} FROM job WHERE id = $1 AND org_id = $2"
+        ))
+        .bind(job_id)
+        .bind(org_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.ok_or(LedgerError::NotFound { job_id })?.try_into()
+    }
+
+    /// Applies a transition under the job's row lock: concurrent transitions of one job
+    /// run one after another, each seeing the previous one's result.
+    #[tracing::instrument(skip_all, fields(org_id = %t.org_id, job_id = %t.job_id, to = %t.to))]
+    pub async fn transition_job(&self, t: &Transition) -> Result<TransitionOutcome, LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let locked: Option<LockedJob> = sqlx::query_as(&format!(
+            "SELECT j.*, now() AS now, r.to_status AS recorded_to_status,
+                    r.job_snapshot AS recorded_job, r.event_ids AS recorded_event_ids
+             FROM (SELECT {JOB_COLUMNS} FROM job WHERE id = $1 AND org_id = $2 FOR UPDATE) j
+             LEFT JOIN job_transition_request r ON r.job_id = j.id AND r.request_id = $3"
+        ))
+        .bind(t.job_id)
+        .bind(t.org_id)
+        .bind(&t.request_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(mut locked) = locked else {
+            return Err(LedgerError::NotFound { job_id: t.job_id });
+        };
+        if let Some(recorded) = locked.take_recorded() {
+            drop(tx);
+            return self.replay(t, recorded).await;
+        }
+        let job: Job = locked.job.try_into()?;
+        let applied = apply(&job, t, locked.now)?;
+        let events = self
+            .write_transition(&mut tx, t, &applied.job, &applied.events, locked.now)
+            .await?;
+        tx.commit().await?;
+        Ok(TransitionOutcome {
+            job: applied.job,
+            events,
+        })
+    }
+
+    /// Writes the job's new state, its events and (with a `request_id`) the recorded
+    /// outcome in one statement.
+    async fn write_transition(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        t: &Transition,
+        job: &Job,
+        new_events: &[NewEvent],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<JobEvent>, LedgerError> {
+        let ids: Vec<Uuid> = new_events.iter().map(|_| Uuid::new_v4()).collect();
+        let prev: Vec<&str> = new_events
+            .iter()
+            .map(|e| e.prev_status.as_db_str())
+            .collect();
+        let next: Vec<&str> = new_events
+            .iter()
+            .map(|e| e.next_status.as_db_str())
+            .collect();
+        let attempts: Vec<i32> = new_events.iter().map(|e| e.attempt).collect();
+        let details: Vec<Value> = new_events
+            .iter()
+            .map(|e| Value::Object(e.detail.clone()))
+            .collect();
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "WITH updated AS (
+                UPDATE job SET status = $2, attempt = $3, updated_at = $4, started_at = $5,
+                    finished_at = $6, last_error_code = $7, last_error_message = $8,
+                    stage = $9, progress = $10, result = $11
+                WHERE id = $1
+             ), recorded AS (
+                INSERT INTO job_transition_request (job_id, request_id, to_status,
+                                                    job_snapshot, event_ids)
+                SELECT $1, $17, $18, $19, $12 WHERE $17::text IS NOT NULL
+             )
+             INSERT INTO job_event (id, job_id, org_id, ts, prev_status, next_status, attempt,
+                                    detail_json)
+             SELECT e.id, $1, $20, $4, e.prev, e.next, e.attempt, e.detail
+             FROM unnest($12::uuid[], $13::text[], $14::text[], $15::int[], $16::jsonb[])
+                  WITH ORDINALITY AS e(id, prev, next, attempt, detail, n)
+             ORDER BY e.n
+             RETURNING id, seq",
+        )
+        .bind(job.id)
+        .bind(job.status.as_db_str())
+        .bind(job.attempt)
+        .bind(now)
+        .bind(job.started_at)
+        .bind(job.finished_at)
+        .bind(&job.last_error_code)
+        .bind(&job.last_error_message)
+        .bind(&job.stage)
+        .bind(job.progress)
+        .bind(job.result.as_ref().map(Json))
+        .bind(&ids)
+        .bind(&prev)
+        .bind(&next)
+        .bind(&attempts)
+        .bind(&details)
+        .bind(&t.request_id)
+        .bind(t.to.as_db_str())
+        .bind(Json(job))
+        .bind(job.org_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut events: Vec<JobEvent> = new_events
+            .iter()
+            .zip(&ids)
+            .map(|(e, id)| {
+                let seq = rows
+                    .iter()
+                    .find(|(rid, _)| rid == id)
+                    .map(|(_, seq)| *seq)
+                    .unwrap_or_default();
+                JobEvent {
+                    id: *id,
+                    job_id: job.id,
+                    org_id: job.org_id,
+                    ts: now,
+                    prev_status: Some(e.prev_status),
+                    next_status: e.next_status,
+                    attempt: e.attempt,
+                    detail: Some(Value::Object(e.detail.clone())),
+                    seq,
+                }
+            })
+            .collect();
+        events.sort_by_key(|e| e.seq);
+        Ok(events)
+    }
+
+    /// The recorded outcome of an applied `request_id`; nothing is written.
+    async fn replay(
+        &self,
+        t: &Transition,
+        recorded: RecordedRequest,
+    ) -> Result<TransitionOutcome, LedgerError> {
+        if recorded.to_status != t.to.as_db_str() {
+            return Err(LedgerError::RequestIdReused { job_id: t.job_id });
+        }
+        let rows: Vec<EventRow> = sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM job_event WHERE id = ANY($1) ORDER BY seq"
+        ))
+        .bind(&recorded.event_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(TransitionOutcome {
+            job: recorded.job_snapshot,
+            events: rows
+                .into_iter()
+                .map(JobEvent::try_from)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// A job's events in order (the creation event first).
+    #[tracing::instrument(skip_all, fields(%org_id, %job_id))]
+    pub async fn job_events(
+        &self,
+        org_id: Uuid,
+        job_id: Uuid,
+    ) -> Result<Vec<JobEvent>, LedgerError> {
+        let rows: Vec<EventRow> = sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM job_event WHERE job_id = $1 AND org_id = $2 ORDER BY seq"
+        ))
+        .bind(job_id)
+        .bind(org_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(JobEvent::try_from).collect()
+    }
+}
+
+#[derive(FromRow)]
+struct SameInputRow {
+    #[sqlx(flatten)]
+    job: JobRow,
+    same_input: bool,
+}

@@ -1,0 +1,106 @@
+//! PostgreSQL: connecting, creating the database, migrations, and the ledger's queries.
+
+mod error;
+mod jobs;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    ConnectOptions, Connection, Executor, PgConnection, PgPool,
+};
+
+/// The migrations, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The ledger's storage: a connection pool on the ledger database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+/// How the request pool behaves.
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    pub size: u32,
+    /// How long a request waits for a connection before it gets UNAVAILABLE.
+    pub acquire_timeout: Duration,
+}
+
+impl Store {
+    /// A pool that connects on demand: requests made while the database is away fail
+    /// with UNAVAILABLE and succeed again once it is back, without a restart.
+    pub fn connect_lazy(options: PgConnectOptions, settings: &PoolSettings) -> Store {
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.size)
+            .min_connections(0)
+            .acquire_timeout(settings.acquire_timeout)
+            .test_before_acquire(false)
+            .connect_lazy_with(options);
+        Store { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// Creates the database named in `options` if it does not exist, then runs the
+/// migrations. Safe when several replicas start at once: a lost creation race is
+/// not an error, and sqlx serializes migrators with an advisory lock.
+pub async fn prepare_database(options: &PgConnectOptions) -> anyhow::Result<()> {
+    create_database_if_missing(options).await?;
+    let mut conn = PgConnection::connect_with(options)
+        .await
+        .context("connecting to the ledger database")?;
+    MIGRATOR
+        .run(&mut conn)
+        .await
+        .context("running migrations")?;
+    conn.close().await.ok();
+    Ok(())
+}
+
+async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {
+    match PgConnection::connect_with(options).await {
+        Ok(conn) => {
+            conn.close().await.ok();
+            return Ok(());
+        }
+        // 3D000 invalid_catalog_name: the database does not exist (yet).
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {}
+        Err(e) => return Err(e).context("connecting to the ledger database"),
+    }
+    let name = options
+        .get_database()
+        .context("the database URL names no database")?
+        .to_owned();
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres"))
+        .await
+        .context("connecting to the `postgres` database to create the ledger database")?;
+    let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+    match admin.execute(sql.as_str()).await {
+        Ok(_) => tracing::info!(database = %name, "created database"),
+        // 42P04 duplicate_database, or 23505 when a concurrent CREATE won the race on
+        // pg_database's unique index: either way the database now exists.
+        Err(sqlx::Error::Database(e))
+            if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) => {}
+        Err(e) => return Err(e).context("creating the ledger database"),
+    }
+    admin.close().await.ok();
+    Ok(())
+}
+
+/// The connect options with logging of every statement turned down (the ledger's
+/// statements are logged by its own spans) and a name visible in `pg_stat_activity`.
+pub fn tune_options(options: PgConnectOptions, statement_timeout: Duration) -> PgConnectOptions {
+    options
+        .application_name("jobledger")
+        .options([(
+            "statement_timeout",
+            format!("{}", statement_timeout.as_millis()),
+        )])
+        .log_statements(log::LevelFilter::Debug)
+        .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(1))
+}
