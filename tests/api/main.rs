@@ -1,0 +1,13 @@
+//! Black-box tests: a real server on a random port, the generated gRPC client, and a
+//! real PostgreSQL (a fresh database per test, dropped afterwards). Set TEST_LOG=1 to
+//! see the server's logs.
+
+mod helpers;
+mod pg_cluster;
+
+mod create;
+mod errors;
+mod get;
+mod health;
+mod lifecycle;
+mod transition;
