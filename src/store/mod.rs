@@ -51,14 +51,15 @@ impl Store {
 /// not an error, and sqlx serializes migrators with an advisory lock.
 pub async fn prepare_database(options: &PgConnectOptions) -> anyhow::Result<()> {
     create_database_if_missing(options).await?;
-    let mut conn = PgConnection::connect_with(options)
+    // A one-connection pool rather than a bare connection: `Migrator::run` on a pool
+    // gives a `Send` future, so start-up can run on any task.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.clone())
         .await
         .context("connecting to the ledger database")?;
-    MIGRATOR
-        .run(&mut conn)
-        .await
-        .context("running migrations")?;
-    conn.close().await.ok();
+    MIGRATOR.run(&pool).await.context("running migrations")?;
+    pool.close().await;
     Ok(())
 }
 
