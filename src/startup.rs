@@ -163,38 +163,75 @@ async fn prepare_with_retry(options: &PgConnectOptions, args: &ServeArgs) -> any
 /// tonic answers some client mistakes itself, before any handler runs: a body that is
 /// not valid protobuf (INTERNAL) and a message over the size limit (OUT_OF_RANGE).
 /// Clients caused both, so they become INVALID_ARGUMENT and RESOURCE_EXHAUSTED, with
-/// the ErrorInfo every jobledger error carries.
+/// the ErrorInfo every jobledger error carries and without the decoder's internals. A
+/// Struct nested past the decoder's recursion limit names its field in a BadRequest.
 fn client_errors_are_not_internal<B: Default>(response: http::Response<B>) -> http::Response<B> {
     let Some(status) = Status::from_header_map(response.headers()) else {
         return response;
     };
-    let (code, reason) = match status.code() {
+    let mut details = ErrorDetails::new();
+    let (code, reason, message) = match status.code() {
         Code::Internal
             if status
                 .message()
                 .starts_with("failed to decode Protobuf message") =>
         {
-            (Code::InvalidArgument, "MALFORMED_REQUEST")
+            match too_deep_field(status.message()) {
+                Some(field) => {
+                    details.add_bad_request_violation(&field, "nests too deeply");
+                    (
+                        Code::InvalidArgument,
+                        "INVALID_ARGUMENT",
+                        format!("invalid request: {field}: nests too deeply"),
+                    )
+                }
+                None => (
+                    Code::InvalidArgument,
+                    "MALFORMED_REQUEST",
+                    "the request is not a valid protobuf message of this method's type".to_owned(),
+                ),
+            }
         }
-        Code::OutOfRange if status.message().contains("message length too large") => {
-            (Code::ResourceExhausted, "REQUEST_TOO_LARGE")
-        }
+        Code::OutOfRange if status.message().contains("message length too large") => (
+            Code::ResourceExhausted,
+            "REQUEST_TOO_LARGE",
+            status.message().trim_start_matches("Error, ").to_owned(),
+        ),
         _ => return response,
     };
-    let message = status.message().to_owned();
     let (mut parts, body) = response.into_parts();
-    let replacement = status_with(
-        code,
-        message,
-        reason,
-        Default::default(),
-        ErrorDetails::new(),
-    );
+    let replacement = status_with(code, message, reason, Default::default(), details);
     for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
         parts.headers.remove(name);
     }
-    if replacement.add_header(&mut parts.headers).is_err() {
-        return http::Response::from_parts(parts, body);
-    }
+    // On the (impossible) failure to encode, the original headers are gone; the
+    // response then carries no status, which clients read as UNKNOWN, not INTERNAL.
+    let _ = replacement.add_header(&mut parts.headers);
     http::Response::from_parts(parts, body)
+}
+
+/// The request field whose value hit prost's recursion limit: prost lists the path
+/// innermost first (`Struct.fields: ...: CreateJobRequest.params: recursion limit
+/// reached`), so the outermost field is the last segment.
+fn too_deep_field(message: &str) -> Option<String> {
+    let path = message.strip_suffix(": recursion limit reached")?;
+    let outermost = path.rsplit(": ").next()?;
+    let (_, field) = outermost.rsplit_once('.')?;
+    Some(field.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::too_deep_field;
+
+    #[test]
+    fn the_outermost_field_of_a_too_deep_message_is_named() {
+        let m = "failed to decode Protobuf message: Struct.fields: Value.kind: Struct.fields: \
+                 TransitionJobRequest.detail: recursion limit reached";
+        assert_eq!(too_deep_field(m).as_deref(), Some("detail"));
+        assert_eq!(
+            too_deep_field("failed to decode Protobuf message: invalid wire type"),
+            None
+        );
+    }
 }

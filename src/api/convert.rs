@@ -172,42 +172,29 @@ pub fn transition(
 /// jsonb cannot hold, are violations, as are NUL characters, excessive depth and size.
 pub fn struct_to_json(v: &mut Violations, field: &str, s: &Struct, limits: &Limits) -> Value {
     let before = v.len();
-    let value = fields_to_json(v, field, &s.fields, 1, limits.json_depth);
+    let value = fields_to_json(v, field, &s.fields);
     if v.len() == before {
         v.json(field, &value, limits);
     }
     value
 }
 
+// Recursion here is bounded by prost's decoding recursion limit; the depth rule itself
+// is applied to the JSON by `Violations::json`.
 fn fields_to_json(
     v: &mut Violations,
     path: &str,
     fields: &std::collections::BTreeMap<String, prost_types::Value>,
-    depth: usize,
-    max_depth: usize,
 ) -> Value {
     let mut map = Map::new();
     for (key, value) in fields {
         let child = format!("{path}.{key}");
-        map.insert(
-            key.clone(),
-            value_to_json(v, &child, value, depth + 1, max_depth),
-        );
+        map.insert(key.clone(), value_to_json(v, &child, value));
     }
     Value::Object(map)
 }
 
-fn value_to_json(
-    v: &mut Violations,
-    path: &str,
-    value: &prost_types::Value,
-    depth: usize,
-    max_depth: usize,
-) -> Value {
-    if depth > max_depth {
-        v.add(path, format!("nests deeper than {max_depth} levels"));
-        return Value::Null;
-    }
+fn value_to_json(v: &mut Violations, path: &str, value: &prost_types::Value) -> Value {
     match &value.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,
         Some(Kind::BoolValue(b)) => Value::Bool(*b),
@@ -219,14 +206,12 @@ fn value_to_json(
             );
             Value::Null
         }),
-        Some(Kind::StructValue(s)) => fields_to_json(v, path, &s.fields, depth, max_depth),
+        Some(Kind::StructValue(s)) => fields_to_json(v, path, &s.fields),
         Some(Kind::ListValue(list)) => Value::Array(
             list.values
                 .iter()
                 .enumerate()
-                .map(|(i, item)| {
-                    value_to_json(v, &format!("{path}[{i}]"), item, depth + 1, max_depth)
-                })
+                .map(|(i, item)| value_to_json(v, &format!("{path}[{i}]"), item))
                 .collect(),
         ),
     }

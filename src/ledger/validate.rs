@@ -141,10 +141,11 @@ impl Violations {
     }
 
     /// A JSON document: at most `json_bytes` when serialized, at most `json_depth`
-    /// levels deep, no NUL in any key or string (jsonb cannot store `\u0000`).
+    /// levels of nested objects/arrays (`{"a": 1}` is 1 deep, `{"a": [1]}` 2, as a
+    /// bracket counter sees it), no NUL in any key or string (jsonb cannot store `\u0000`).
     pub fn json(&mut self, field: &str, value: &Value, limits: &Limits) {
         let before = self.0.len();
-        self.json_node(field, value, 1, limits.json_depth);
+        self.json_node(field, value, 0, limits.json_depth);
         if self.0.len() > before {
             return;
         }
@@ -162,25 +163,29 @@ impl Violations {
         }
     }
 
+    /// `depth` is the number of containers enclosing `value`.
     fn json_node(&mut self, path: &str, value: &Value, depth: usize, max_depth: usize) {
-        if depth > max_depth {
-            self.add(path, format!("nests deeper than {max_depth} levels"));
-            return;
-        }
         match value {
             Value::String(s) => self.check_nul(path, s),
             Value::Array(items) => {
+                if depth + 1 > max_depth {
+                    self.add(path, format!("nests deeper than {max_depth} levels"));
+                    return;
+                }
                 for (i, item) in items.iter().enumerate() {
                     self.json_node(&format!("{path}[{i}]"), item, depth + 1, max_depth);
                 }
             }
             Value::Object(map) => {
+                if depth + 1 > max_depth {
+                    self.add(path, format!("nests deeper than {max_depth} levels"));
+                    return;
+                }
                 for (key, item) in map {
-                    let child = format!("{path}.{key}");
                     if key.contains('\0') {
                         self.add(path, "keys must not contain NUL (\\u0000) characters");
                     }
-                    self.json_node(&child, item, depth + 1, max_depth);
+                    self.json_node(&format!("{path}.{key}"), item, depth + 1, max_depth);
                 }
             }
             Value::Null | Value::Bool(_) | Value::Number(_) => {}
@@ -251,9 +256,9 @@ mod tests {
             ..Limits::default()
         };
         let mut v = Violations::default();
-        v.json("params", &json!({"a": {"b": 1}}), &limits);
-        assert!(v.is_empty());
-        v.json("params", &json!({"a": {"b": {"c": 1}}}), &limits);
+        v.json("params", &json!({"a": {"b": [1]}}), &limits);
+        assert!(v.is_empty(), "3 levels of containers are allowed");
+        v.json("params", &json!({"a": {"b": {"c": {}}}}), &limits);
         v.json("result", &json!({"s": "x\u{0}y"}), &limits);
         v.json("detail", &json!({"long": "0123456789012345"}), &limits);
         assert_eq!(fields(v), ["params.a.b.c", "result.s", "detail"]);

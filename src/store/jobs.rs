@@ -104,32 +104,19 @@ fn parse_status(s: &str) -> Result<JobStatus, LedgerError> {
 }
 
 /// What an applied `request_id` recorded.
+#[derive(FromRow)]
 struct RecordedRequest {
     to_status: String,
-    job_snapshot: Job,
+    job_snapshot: Json<Job>,
     event_ids: Vec<Uuid>,
 }
 
-/// The current row of a job, locked, with the transaction's time and, when the
-/// request carries an already applied `request_id`, the outcome recorded for it.
+/// The current row of a job, locked, with the database's clock read after the lock.
 #[derive(FromRow)]
 struct LockedJob {
     #[sqlx(flatten)]
     job: JobRow,
     now: DateTime<Utc>,
-    recorded_to_status: Option<String>,
-    recorded_job: Option<Json<Job>>,
-    recorded_event_ids: Option<Vec<Uuid>>,
-}
-
-impl LockedJob {
-    fn take_recorded(&mut self) -> Option<RecordedRequest> {
-        Some(RecordedRequest {
-            to_status: self.recorded_to_status.take()?,
-            job_snapshot: self.recorded_job.take()?.0,
-            event_ids: self.recorded_event_ids.take()?,
-        })
-    }
 }
 
 /// The outcome of a transition: the job after it and the events it wrote.
@@ -228,28 +215,43 @@ impl Store {
     #[tracing::instrument(skip_all, fields(org_id = %t.org_id, job_id = %t.job_id, to = %t.to))]
     pub async fn transition_job(&self, t: &Transition) -> Result<TransitionOutcome, LedgerError> {
         let mut tx = self.pool.begin().await?;
+        // clock_timestamp(), not now(): a call that waited for the lock must not stamp
+        // its event earlier than the one it waited for.
         let locked: Option<LockedJob> = sqlx::query_as(&format!(
-            "SELECT j.*, now() AS now, r.to_status AS recorded_to_status,
-                    r.job_snapshot AS recorded_job, r.event_ids AS recorded_event_ids
-             FROM (SELECT {JOB_COLUMNS} FROM job WHERE id = $1 AND org_id = $2 FOR UPDATE) j
-             LEFT JOIN job_transition_request r ON r.job_id = j.id AND r.request_id = $3"
+            "SELECT {JOB_COLUMNS}, clock_timestamp() AS now
+             FROM job WHERE id = $1 AND org_id = $2 FOR UPDATE"
         ))
         .bind(t.job_id)
         .bind(t.org_id)
-        .bind(&t.request_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(mut locked) = locked else {
+        let Some(locked) = locked else {
             return Err(LedgerError::NotFound { job_id: t.job_id });
         };
-        if let Some(recorded) = locked.take_recorded() {
-            drop(tx);
-            return self.replay(t, recorded).await;
+        if let Some(request_id) = &t.request_id {
+            // A statement of its own, after the lock: under READ COMMITTED it gets a
+            // fresh snapshot and so sees the outcome recorded by a concurrent call with
+            // the same request_id that held the lock before us. (Joined into the locking
+            // statement, it would be read from that statement's older snapshot.)
+            let recorded: Option<RecordedRequest> = sqlx::query_as(
+                "SELECT to_status, job_snapshot, event_ids FROM job_transition_request
+                 WHERE job_id = $1 AND request_id = $2",
+            )
+            .bind(t.job_id)
+            .bind(request_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(recorded) = recorded {
+                drop(tx);
+                return self.replay(t, recorded).await;
+            }
         }
         let job: Job = locked.job.try_into()?;
-        let applied = apply(&job, t, locked.now)?;
+        // Events of a job are in time order even if the clocks of two calls disagree.
+        let now = locked.now.max(job.updated_at);
+        let applied = apply(&job, t, now)?;
         let events = self
-            .write_transition(&mut tx, t, &applied.job, &applied.events, locked.now)
+            .write_transition(&mut tx, t, &applied.job, &applied.events, now)
             .await?;
         tx.commit().await?;
         Ok(TransitionOutcome {
@@ -365,7 +367,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(TransitionOutcome {
-            job: recorded.job_snapshot,
+            job: recorded.job_snapshot.0,
             events: rows
                 .into_iter()
                 .map(JobEvent::try_from)
