@@ -89,8 +89,52 @@ impl DatabaseArgs {
 
 #[derive(Args, Clone, Debug)]
 pub struct MigrateArgs {
+    #[command(subcommand)]
+    pub action: Option<MigrateAction>,
+
     #[command(flatten)]
     pub database: DatabaseArgs,
+}
+
+/// The ways between the Python stack's `jobs` table and the ledger
+/// (docs/migrating-from-python.md). Without one, `migrate` only migrates (which imports
+/// a `jobs` table the first time).
+#[derive(Subcommand, Clone, Debug)]
+pub enum MigrateAction {
+    /// Migrate, then import a `jobs` table that appeared after the first migration (the
+    /// old stack ran again after export-legacy). Prints what was imported, as JSON.
+    ImportLegacy(LegacyArgs),
+    /// Write every job into a new table `jobs` in the old stack's shape, so the old stack
+    /// can restart on this database. `job` and `job_event` stay as they are. Prints what
+    /// was written and what the old shape cannot hold, as JSON.
+    ExportLegacy(LegacyArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct LegacyArgs {
+    /// PostgreSQL URL; wins over `jobledger migrate --database-url` and DATABASE_URL.
+    #[arg(long)]
+    pub database_url: Option<String>,
+}
+
+impl MigrateArgs {
+    /// Where the ledger's database is: the subcommand's `--database-url`, else
+    /// `migrate`'s (flag, DATABASE_URL, PG* variables, default).
+    pub fn connect_options(&self) -> anyhow::Result<PgConnectOptions> {
+        let url = match &self.action {
+            Some(MigrateAction::ImportLegacy(a) | MigrateAction::ExportLegacy(a)) => {
+                a.database_url.clone()
+            }
+            None => None,
+        };
+        match url {
+            Some(url) => DatabaseArgs {
+                database_url: Some(url),
+            }
+            .connect_options(),
+            None => self.database.connect_options(),
+        }
+    }
 }
 
 #[derive(Args, Clone, Debug)]
@@ -143,6 +187,16 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBLEDGER_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_request_bytes: usize,
 
+    /// Most open StreamEvents streams per process (more: RESOURCE_EXHAUSTED).
+    #[arg(long, env = "JOBLEDGER_MAX_STREAMS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams: u32,
+
+    /// How often an idle stream re-reads the database without a notification, in ms.
+    #[arg(long, env = "JOBLEDGER_STREAM_POLL_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub stream_poll_interval_ms: u64,
+
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -173,9 +227,10 @@ pub struct LimitArgs {
     /// Largest params / result / detail, in bytes of JSON.
     #[arg(long, env = "JOBLEDGER_MAX_JSON_BYTES", default_value_t = 64 * 1024)]
     pub max_json_bytes: usize,
-    /// Deepest nesting of params / result / detail.
+    /// Deepest nesting of params / result / detail (objects and arrays). At most 32:
+    /// deeper Structs exceed the protobuf decoder's recursion limit.
     #[arg(long, env = "JOBLEDGER_MAX_JSON_DEPTH", default_value_t = 32,
-          value_parser = clap::value_parser!(u16).range(1..=64))]
+          value_parser = clap::value_parser!(u16).range(1..=32))]
     pub max_json_depth: u16,
     /// Highest max_attempts a job may ask for.
     #[arg(long, env = "JOBLEDGER_MAX_ATTEMPTS_LIMIT", default_value_t = 1000,
@@ -217,6 +272,13 @@ impl ServeArgs {
     pub fn statement_timeout(&self) -> Duration {
         Duration::from_millis(self.statement_timeout_ms)
     }
+    pub fn feed_settings(&self) -> crate::feed::FeedSettings {
+        crate::feed::FeedSettings {
+            max_streams: self.max_streams as usize,
+            poll_interval: Duration::from_millis(self.stream_poll_interval_ms),
+            ..Default::default()
+        }
+    }
 
     /// Settings for a server on `database_url` (tests and embedding), everything else
     /// at its default, environment ignored.
@@ -249,6 +311,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["jobledger", "--max-type-chars", "101"]).is_err());
+        // Deeper Structs than 32 JSON levels exceed the protobuf decoder's limit.
+        assert!(Cli::try_parse_from(["jobledger", "--max-json-depth", "33"]).is_err());
+        assert!(Cli::try_parse_from(["jobledger", "--max-json-depth", "32"]).is_ok());
         assert!(Cli::try_parse_from(["jobledger", "--pool-size", "0"]).is_err());
     }
 }

@@ -2,13 +2,16 @@
 //!
 //! Layers, outside in: `api` (tonic services, the only place statuses are built),
 //! `ledger` (the domain: state machine, validation, errors), `store` (PostgreSQL).
-//! `startup` wires them into a server; `health` probes the database.
+//! `feed` streams events to subscribers; `startup` wires it all into a server;
+//! `health` probes the database.
 
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod feed;
 pub mod health;
 pub mod ledger;
+pub mod legacy;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

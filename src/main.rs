@@ -7,7 +7,7 @@ use jobledger::{
     cli,
     config::{Cli, Command},
     startup::Application,
-    store, telemetry,
+    telemetry,
 };
 
 #[tokio::main]
@@ -40,9 +40,30 @@ async fn serve(args: jobledger::config::ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn migrate(args: jobledger::config::MigrateArgs) -> anyhow::Result<()> {
-    let options = args.database.connect_options()?;
-    store::prepare_database(&options).await?;
-    tracing::info!("migrations applied");
+    use jobledger::{config::MigrateAction, legacy};
+    let options = args.connect_options()?;
+    match args.action {
+        None => {
+            for import in legacy::migrate(&options).await? {
+                tracing::info!(
+                    imported = import.imported,
+                    updated = import.updated,
+                    unchanged = import.unchanged,
+                    archived_as = %import.archived_as,
+                    "imported the legacy jobs table"
+                );
+            }
+            tracing::info!("migrations applied");
+        }
+        Some(MigrateAction::ImportLegacy(_)) => {
+            let imports = legacy::import(&options).await?;
+            println!("{}", serde_json::to_string_pretty(&imports)?);
+        }
+        Some(MigrateAction::ExportLegacy(_)) => {
+            let report = legacy::export(&options).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+    }
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use tonic_types::ErrorDetails;
 
 use crate::api::{error::status_with, LedgerService};
 use crate::config::ServeArgs;
+use crate::feed::{self, Feed};
 use crate::health::{probe_loop, HealthState};
 use crate::proto::{self, job_ledger_server::JobLedgerServer};
 use crate::store::{self, PoolSettings, Store};
@@ -87,9 +88,18 @@ impl Application {
             stop.clone(),
         ));
 
-        let ledger =
-            JobLedgerServer::new(LedgerService::new(self.store.clone(), args.limits.limits()))
-                .max_decoding_message_size(args.max_request_bytes);
+        let feed = Feed::new(self.store.clone(), args.feed_settings(), stop.clone());
+        let feed_listener = tokio::spawn(feed::listen(
+            self.options.clone(),
+            feed.wakeups(),
+            stop.clone(),
+        ));
+        let ledger = JobLedgerServer::new(LedgerService::new(
+            self.store.clone(),
+            feed,
+            args.limits.limits(),
+        ))
+        .max_decoding_message_size(args.max_request_bytes);
 
         let (reflection_v1, reflection_v1alpha) = if args.reflection {
             let builder = || {
@@ -137,6 +147,7 @@ impl Application {
             }
         }
         probe.await.ok();
+        feed_listener.await.ok();
         self.store.pool().close().await;
         Ok(())
     }
@@ -161,9 +172,10 @@ async fn prepare_with_retry(options: &PgConnectOptions, args: &ServeArgs) -> any
 }
 
 /// tonic answers some client mistakes itself, before any handler runs: a body that is
-/// not valid protobuf (INTERNAL) and a message over the size limit (OUT_OF_RANGE).
-/// Clients caused both, so they become INVALID_ARGUMENT and RESOURCE_EXHAUSTED, with
-/// the ErrorInfo every jobledger error carries and without the decoder's internals. A
+/// not valid protobuf or holds no message (INTERNAL), a message over the size limit
+/// (OUT_OF_RANGE), an unknown method (UNIMPLEMENTED without details). Clients caused
+/// them, so they become INVALID_ARGUMENT, RESOURCE_EXHAUSTED and UNIMPLEMENTED with the
+/// ErrorInfo every jobledger error carries, and without the decoder's internals. A
 /// Struct nested past the decoder's recursion limit names its field in a BadRequest.
 fn client_errors_are_not_internal<B: Default>(response: http::Response<B>) -> http::Response<B> {
     let Some(status) = Status::from_header_map(response.headers()) else {
@@ -192,6 +204,17 @@ fn client_errors_are_not_internal<B: Default>(response: http::Response<B>) -> ht
                 ),
             }
         }
+        Code::Internal if status.message() == "Missing request message." => (
+            Code::InvalidArgument,
+            "MALFORMED_REQUEST",
+            "the call carried no request message".to_owned(),
+        ),
+        // The router's answer for a method this server does not have.
+        Code::Unimplemented if !response.headers().contains_key("grpc-status-details-bin") => (
+            Code::Unimplemented,
+            "METHOD_NOT_FOUND",
+            "no such method on this server".to_owned(),
+        ),
         Code::OutOfRange if status.message().contains("message length too large") => (
             Code::ResourceExhausted,
             "REQUEST_TOO_LARGE",

@@ -4,11 +4,13 @@
 use prost_types::{value::Kind, ListValue, Struct, Timestamp};
 use serde_json::{Map, Number, Value};
 
+use crate::feed::Subscribe;
 use crate::ledger::{
-    machine::RESERVED_DETAIL_KEYS, Job, JobEvent, JobStatus, LedgerError, Limits, NewJob,
+    machine::RESERVED_DETAIL_KEYS, Cursor, Job, JobEvent, JobStatus, LedgerError, Limits, NewJob,
     Transition, Violations,
 };
 use crate::proto;
+use crate::store::FeedScope;
 
 /// Default `max_attempts` when a request leaves it 0.
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 5;
@@ -202,7 +204,7 @@ fn value_to_json(v: &mut Violations, path: &str, value: &prost_types::Value) -> 
         Some(Kind::NumberValue(n)) => number_to_json(*n).unwrap_or_else(|| {
             v.add(
                 path,
-                format!("{n} cannot be stored: JSON has no NaN or Infinity"),
+                format!("{n} cannot be stored: JSON has no NaN or Infinity, and magnitudes above 1e308 are refused"),
             );
             Value::Null
         }),
@@ -219,9 +221,12 @@ fn value_to_json(v: &mut Violations, path: &str, value: &prost_types::Value) -> 
 
 /// 2^53: beyond it an f64 no longer holds every integer.
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_992.0;
+/// jsonb keeps numbers as exact decimals and prints the largest doubles as 309-digit
+/// integers; refusing magnitudes past 1e308 keeps every stored number readable as an f64.
+const MAX_STORABLE: f64 = 1e308;
 
 fn number_to_json(n: f64) -> Option<Value> {
-    if !n.is_finite() {
+    if !n.is_finite() || n.abs() > MAX_STORABLE {
         return None;
     }
     if n.fract() == 0.0 && n.abs() <= MAX_SAFE_INTEGER {
@@ -291,9 +296,33 @@ pub fn job_to_proto(job: &Job) -> proto::Job {
     }
 }
 
-/// The opaque cursor of an event: resume a stream after it.
-pub fn event_cursor(e: &JobEvent) -> String {
-    format!("v1.{}", e.seq)
+pub fn subscribe(req: &proto::StreamEventsRequest) -> Result<Subscribe, LedgerError> {
+    let mut v = Violations::default();
+    let org_id = v.org_id(&req.org_id);
+    let scope = if req.job_id.is_empty() {
+        FeedScope::Org { org_id }
+    } else {
+        let job_id = v.uuid("job_id", &req.job_id).unwrap_or_default();
+        FeedScope::Job { org_id, job_id }
+    };
+    let after = if req.after_cursor.is_empty() {
+        None
+    } else {
+        let cursor = Cursor::decode(&req.after_cursor);
+        if cursor.is_none() {
+            v.add(
+                "after_cursor",
+                "is not a cursor of this ledger (use an event's `cursor`)",
+            );
+        }
+        cursor
+    };
+    v.finish()?;
+    Ok(Subscribe {
+        scope,
+        after,
+        history_only: req.history_only,
+    })
 }
 
 pub fn event_to_proto(e: &JobEvent) -> proto::JobEvent {
@@ -309,7 +338,7 @@ pub fn event_to_proto(e: &JobEvent) -> proto::JobEvent {
         next_status: status_to_proto(e.next_status) as i32,
         attempt: e.attempt,
         detail: e.detail.as_ref().map(json_to_struct),
-        cursor: event_cursor(e),
+        cursor: Cursor::of(e).encode(),
     }
 }
 
@@ -330,6 +359,8 @@ mod tests {
         assert_eq!(number_to_json(1e300), Some(serde_json::json!(1e300)));
         assert_eq!(number_to_json(f64::NAN), None);
         assert_eq!(number_to_json(f64::INFINITY), None);
+        assert_eq!(number_to_json(f64::MAX), None);
+        assert_eq!(number_to_json(-1e308), Some(serde_json::json!(-1e308)));
     }
 
     #[test]

@@ -103,6 +103,20 @@ impl From<LedgerError> for Status {
                 "REQUEST_ID_REUSED",
                 meta([("job_id", job_id.to_string())]),
             ),
+            LedgerError::CursorOutOfRange { cursor } => (
+                Code::OutOfRange,
+                "CURSOR_OUT_OF_RANGE",
+                meta([("cursor", cursor)]),
+            ),
+            LedgerError::TooManyStreams { limit } => (
+                Code::ResourceExhausted,
+                "TOO_MANY_STREAMS",
+                meta([("limit", limit.to_string())]),
+            ),
+            LedgerError::ShuttingDown => {
+                details.set_retry_info(Some(std::time::Duration::from_millis(100)));
+                (Code::Unavailable, "SHUTTING_DOWN", HashMap::new())
+            }
             LedgerError::Unavailable { cause } => {
                 tracing::warn!(%cause, "database unavailable");
                 details.set_retry_info(Some(std::time::Duration::from_millis(500)));

@@ -4,26 +4,31 @@
 pub mod convert;
 pub mod error;
 
-use std::{collections::HashMap, pin::Pin};
+use std::pin::Pin;
 
 use futures::Stream;
-use tonic::{Code, Request, Response, Status};
-use tonic_types::ErrorDetails;
+use tonic::{Request, Response, Status};
 
-use crate::ledger::Limits;
+use crate::feed::Feed;
+use crate::ledger::{LedgerError, Limits};
 use crate::proto::{self, job_ledger_server::JobLedger};
 use crate::store::Store;
 
 /// The `jobledger.v1.JobLedger` service.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LedgerService {
     store: Store,
+    feed: Feed,
     limits: Limits,
 }
 
 impl LedgerService {
-    pub fn new(store: Store, limits: Limits) -> Self {
-        LedgerService { store, limits }
+    pub fn new(store: Store, feed: Feed, limits: Limits) -> Self {
+        LedgerService {
+            store,
+            feed,
+            limits,
+        }
     }
 }
 
@@ -70,14 +75,24 @@ impl JobLedger for LedgerService {
 
     async fn stream_events(
         &self,
-        _request: Request<proto::StreamEventsRequest>,
+        request: Request<proto::StreamEventsRequest>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        Err(error::status_with(
-            Code::Unimplemented,
-            "StreamEvents is not implemented yet",
-            "UNIMPLEMENTED",
-            HashMap::new(),
-            ErrorDetails::new(),
-        ))
+        let subscribe = convert::subscribe(request.get_ref())?;
+        let rx = self.feed.subscribe(subscribe).await?;
+        let shutdown = self.feed.shutdown().clone();
+        // Shutdown ends the stream with UNAVAILABLE at once, even while events are
+        // buffered: the client resumes elsewhere from the last cursor it received.
+        let stream = futures::stream::unfold(Some((rx, shutdown)), |state| async move {
+            let (mut rx, shutdown) = state?;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Some((Err(LedgerError::ShuttingDown.into()), None)),
+                item = rx.recv() => match item? {
+                    Ok(event) => Some((Ok(convert::event_to_proto(&event)), Some((rx, shutdown)))),
+                    Err(e) => Some((Err(Status::from(e)), None)),
+                },
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -49,6 +49,15 @@ pub enum LedgerError {
     #[error("request_id already applied to this job with a different to_status")]
     RequestIdReused { job_id: Uuid },
 
+    #[error("cursor {cursor:?} is not one this ledger can resume from")]
+    CursorOutOfRange { cursor: String },
+
+    #[error("too many open event streams on this server ({limit}); retry later or elsewhere")]
+    TooManyStreams { limit: usize },
+
+    #[error("server shutting down; resume from the last cursor received")]
+    ShuttingDown,
+
     #[error("database unavailable, retry later")]
     Unavailable { cause: String },
 

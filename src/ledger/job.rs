@@ -35,7 +35,7 @@ pub struct Job {
     pub result: Option<Value>,
 }
 
-/// One row of `job_event`. `seq` orders the events of a job (and is the cursor).
+/// One row of `job_event`. `(xid, seq)` orders events (see `Cursor`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobEvent {
     pub id: Uuid,
@@ -47,6 +47,8 @@ pub struct JobEvent {
     pub attempt: i32,
     pub detail: Option<Value>,
     pub seq: i64,
+    /// The id of the transaction that wrote the event.
+    pub xid: i64,
 }
 
 /// An event decided by the state machine, not yet written.

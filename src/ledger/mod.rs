@@ -4,12 +4,14 @@
 //! the store persists them, and every decision about what a transition does is made
 //! by [`machine::apply`].
 
+pub mod cursor;
 pub mod error;
 pub mod job;
 pub mod machine;
 pub mod status;
 pub mod validate;
 
+pub use cursor::Cursor;
 pub use error::{FieldViolation, LedgerError};
 pub use job::{Job, JobEvent, NewEvent, NewJob, Transition, DEFAULT_ORG};
 pub use machine::{apply, Applied};

@@ -13,8 +13,8 @@ const JOB_COLUMNS: &str = "id, org_id, type, status, attempt, max_attempts, prio
      idempotency_key, requested_by, params, created_at, updated_at, started_at, finished_at, \
      last_error_code, last_error_message, stage, progress, result";
 
-const EVENT_COLUMNS: &str =
-    "id, job_id, org_id, ts, prev_status, next_status, attempt, detail_json, seq";
+pub(super) const EVENT_COLUMNS: &str = "id, job_id, org_id, ts, prev_status, next_status, \
+     attempt, detail_json, seq, xid::text::int8 AS xid";
 
 #[derive(FromRow)]
 struct JobRow {
@@ -68,7 +68,7 @@ impl TryFrom<JobRow> for Job {
 }
 
 #[derive(FromRow)]
-struct EventRow {
+pub(super) struct EventRow {
     id: Uuid,
     job_id: Uuid,
     org_id: Uuid,
@@ -78,6 +78,7 @@ struct EventRow {
     attempt: Option<i32>,
     detail_json: Option<Json<Value>>,
     seq: i64,
+    xid: i64,
 }
 
 impl TryFrom<EventRow> for JobEvent {
@@ -93,6 +94,7 @@ impl TryFrom<EventRow> for JobEvent {
             attempt: r.attempt.unwrap_or(0),
             detail: r.detail_json.map(|j| j.0),
             seq: r.seq,
+            xid: r.xid,
         })
     }
 }
@@ -284,7 +286,7 @@ impl Store {
             .iter()
             .map(|e| Value::Object(e.detail.clone()))
             .collect();
-        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+        let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(
             "WITH updated AS (
                 UPDATE job SET status = $2, attempt = $3, updated_at = $4, started_at = $5,
                     finished_at = $6, last_error_code = $7, last_error_message = $8,
@@ -301,7 +303,7 @@ impl Store {
              FROM unnest($12::uuid[], $13::text[], $14::text[], $15::int[], $16::jsonb[])
                   WITH ORDINALITY AS e(id, prev, next, attempt, detail, n)
              ORDER BY e.n
-             RETURNING id, seq",
+             RETURNING id, seq, xid::text::int8",
         )
         .bind(job.id)
         .bind(job.status.as_db_str())
@@ -329,10 +331,10 @@ impl Store {
             .iter()
             .zip(&ids)
             .map(|(e, id)| {
-                let seq = rows
+                let (seq, xid) = rows
                     .iter()
-                    .find(|(rid, _)| rid == id)
-                    .map(|(_, seq)| *seq)
+                    .find(|(rid, _, _)| rid == id)
+                    .map(|(_, seq, xid)| (*seq, *xid))
                     .unwrap_or_default();
                 JobEvent {
                     id: *id,
@@ -344,6 +346,7 @@ impl Store {
                     attempt: e.attempt,
                     detail: Some(Value::Object(e.detail.clone())),
                     seq,
+                    xid,
                 }
             })
             .collect();
@@ -361,7 +364,7 @@ impl Store {
             return Err(LedgerError::RequestIdReused { job_id: t.job_id });
         }
         let rows: Vec<EventRow> = sqlx::query_as(&format!(
-            "SELECT {EVENT_COLUMNS} FROM job_event WHERE id = ANY($1) ORDER BY seq"
+            "SELECT {EVENT_COLUMNS} FROM job_event WHERE id = ANY($1) ORDER BY xid, seq"
         ))
         .bind(&recorded.event_ids)
         .fetch_all(&self.pool)
@@ -383,7 +386,8 @@ impl Store {
         job_id: Uuid,
     ) -> Result<Vec<JobEvent>, LedgerError> {
         let rows: Vec<EventRow> = sqlx::query_as(&format!(
-            "SELECT {EVENT_COLUMNS} FROM job_event WHERE job_id = $1 AND org_id = $2 ORDER BY seq"
+            "SELECT {EVENT_COLUMNS} FROM job_event WHERE job_id = $1 AND org_id = $2 \
+             ORDER BY xid, seq"
         ))
         .bind(job_id)
         .bind(org_id)

@@ -1,7 +1,11 @@
 //! PostgreSQL: connecting, creating the database, migrations, and the ledger's queries.
 
 mod error;
+mod events;
 mod jobs;
+
+pub use events::{FeedPosition, FeedScope};
+pub use jobs::TransitionOutcome;
 
 use std::time::Duration;
 

@@ -10,4 +10,6 @@ mod errors;
 mod get;
 mod health;
 mod lifecycle;
+mod stream;
+mod stream_faults;
 mod transition;

@@ -1,0 +1,59 @@
+//! Wake-ups: one watch channel per org or job someone is subscribed to, plus one for
+//! "everyone" (after the listener reconnects, when notifications may have been missed).
+//! A watch channel remembers that it changed, so a wake-up sent while a subscriber is
+//! busy reading is not lost: its next wait returns at once.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+pub struct Wakeups {
+    by_key: Mutex<HashMap<Uuid, watch::Sender<()>>>,
+    everyone: watch::Sender<()>,
+}
+
+impl Default for Wakeups {
+    fn default() -> Self {
+        Wakeups {
+            by_key: Mutex::new(HashMap::new()),
+            everyone: watch::Sender::new(()),
+        }
+    }
+}
+
+impl Wakeups {
+    /// Receivers for `key` (an org or job id) and for everyone.
+    pub fn subscribe(&self, key: Uuid) -> (watch::Receiver<()>, watch::Receiver<()>) {
+        let mut map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        let own = map
+            .entry(key)
+            .or_insert_with(|| watch::Sender::new(()))
+            .subscribe();
+        (own, self.everyone.subscribe())
+    }
+
+    /// An event of `job_id` in `org_id` was committed.
+    pub fn wake(&self, org_id: Uuid, job_id: Uuid) {
+        let map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        for key in [org_id, job_id] {
+            if let Some(sender) = map.get(&key) {
+                sender.send_replace(());
+            }
+        }
+    }
+
+    pub fn wake_everyone(&self) {
+        self.everyone.send_replace(());
+    }
+
+    /// Forgets keys nobody is subscribed to any more.
+    pub fn sweep(&self) {
+        let mut map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, sender| sender.receiver_count() > 0);
+    }
+
+    pub fn keys(&self) -> usize {
+        self.by_key.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
