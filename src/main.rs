@@ -16,6 +16,8 @@ async fn main() -> ExitCode {
     match cli.command {
         Some(Command::Health(args)) => return cli::health(args).await,
         Some(Command::Job(args)) => return cli::job(args).await,
+        // Their output is a JSON report on stdout, where the logs would go: no logs.
+        Some(Command::Migrate(args)) if args.action.is_some() => return migrate_legacy(args).await,
         _ => {}
     }
     telemetry::init(cli.log_format);
@@ -40,31 +42,46 @@ async fn serve(args: jobledger::config::ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn migrate(args: jobledger::config::MigrateArgs) -> anyhow::Result<()> {
-    use jobledger::{config::MigrateAction, legacy};
     let options = args.connect_options()?;
-    match args.action {
-        None => {
-            for import in legacy::migrate(&options).await? {
-                tracing::info!(
-                    imported = import.imported,
-                    updated = import.updated,
-                    unchanged = import.unchanged,
-                    archived_as = %import.archived_as,
-                    "imported the legacy jobs table"
-                );
+    for import in jobledger::legacy::migrate(&options).await? {
+        tracing::info!(
+            imported = import.imported,
+            updated = import.updated,
+            unchanged = import.unchanged,
+            archived_as = %import.archived_as,
+            "imported the legacy jobs table"
+        );
+    }
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+/// `migrate import-legacy` / `migrate export-legacy`: the report as JSON on stdout, or
+/// the error on stderr and exit code 1.
+async fn migrate_legacy(args: jobledger::config::MigrateArgs) -> ExitCode {
+    use jobledger::{config::MigrateAction, legacy};
+    let report = async {
+        let options = args.connect_options()?;
+        Ok::<_, anyhow::Error>(match args.action {
+            Some(MigrateAction::ImportLegacy(_)) => {
+                serde_json::to_value(legacy::import(&options).await?)?
             }
-            tracing::info!("migrations applied");
+            Some(MigrateAction::ExportLegacy(_)) => {
+                serde_json::to_value(legacy::export(&options).await?)?
+            }
+            None => unreachable!("plain `migrate` is handled by migrate()"),
+        })
+    };
+    match report.await {
+        Ok(report) => {
+            println!("{report:#}");
+            ExitCode::SUCCESS
         }
-        Some(MigrateAction::ImportLegacy(_)) => {
-            let imports = legacy::import(&options).await?;
-            println!("{}", serde_json::to_string_pretty(&imports)?);
-        }
-        Some(MigrateAction::ExportLegacy(_)) => {
-            let report = legacy::export(&options).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
-    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
