@@ -65,8 +65,8 @@ impl Store {
     /// Job scope reads every committed event of the job: the job's row lock serializes
     /// its writers, so a later commit always sorts after what is visible now. Org scope
     /// spans many jobs whose transactions commit out of order, so it stops at the oldest
-    /// transaction still running: an event above that horizon may yet be joined by one
-    /// that sorts before it.
+    /// transaction of this database still running: an event above that horizon may yet
+    /// be joined by one that sorts before it.
     pub async fn events_after(
         &self,
         scope: FeedScope,
@@ -108,7 +108,22 @@ fn org_feed_sql() -> &'static str {
         format!(
             "SELECT {EVENT_COLUMNS} FROM job_event
              WHERE org_id = $1 AND (xid, seq) > ($3::text::xid8, $4)
-               AND xid < pg_snapshot_xmin(pg_current_snapshot())
+               AND xid < (
+                   -- The horizon: the oldest running transaction that may have written
+                   -- to this database. xmin is cluster-wide, so skip transactions that
+                   -- pg_stat_activity places in another database (one it cannot place
+                   -- yet counts as ours: the safe side).
+                   SELECT CASE WHEN pg_snapshot_xmin(s) = pg_snapshot_xmax(s)
+                               THEN pg_snapshot_xmax(s)
+                               ELSE coalesce(
+                                   (SELECT min(x) FROM pg_snapshot_xip(s) x
+                                    WHERE xid(x) NOT IN (
+                                        SELECT backend_xid FROM pg_stat_activity
+                                        WHERE backend_xid IS NOT NULL
+                                          AND datname IS DISTINCT FROM current_database())),
+                                   pg_snapshot_xmax(s))
+                          END
+                   FROM pg_current_snapshot() s)
                AND ($2::text IS NULL OR NOT pg_visible_in_snapshot(xid, $2::text::pg_snapshot))
              ORDER BY xid, seq LIMIT $5"
         )

@@ -217,11 +217,18 @@ impl Store {
     #[tracing::instrument(skip_all, fields(org_id = %t.org_id, job_id = %t.job_id, to = %t.to))]
     pub async fn transition_job(&self, t: &Transition) -> Result<TransitionOutcome, LedgerError> {
         let mut tx = self.pool.begin().await?;
+        // Writers of one job are serialized by a transaction-level advisory lock taken
+        // *before* the row lock. Waiting for a row lock already assigns a transaction id,
+        // so with the row lock alone, waiters could commit in a different order than
+        // their ids; an advisory lock assigns none, so ids are taken in lock order, which
+        // is commit order. The event feed relies on it: a job's events sort by
+        // (xid, seq) in the order they were committed.
         // clock_timestamp(), not now(): a call that waited for the lock must not stamp
         // its event earlier than the one it waited for.
         let locked: Option<LockedJob> = sqlx::query_as(&format!(
-            "SELECT {JOB_COLUMNS}, clock_timestamp() AS now
-             FROM job WHERE id = $1 AND org_id = $2 FOR UPDATE"
+            "WITH serialized AS (SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0)))
+             SELECT {JOB_COLUMNS}, clock_timestamp() AS now
+             FROM serialized, job WHERE id = $1 AND org_id = $2 FOR UPDATE OF job"
         ))
         .bind(t.job_id)
         .bind(t.org_id)
