@@ -39,8 +39,13 @@ impl Subscription {
         match end {
             End::Done | End::Gone => {}
             End::Failed(e) => {
-                // Best effort: a reader that stopped reading does not get the error.
-                let _ = self.tx.try_send(Err(e));
+                // Wait until the reader takes the error (or goes away): dropping it would
+                // end the stream as OK, as if the feed were complete. Shutdown does not
+                // wait here: the API layer ends streams itself on shutdown.
+                tokio::select! {
+                    _ = self.tx.send(Err(e)) => {}
+                    _ = self.tx.closed() => {}
+                }
             }
         }
     }

@@ -405,3 +405,51 @@ async fn shutdown_ends_open_streams_with_unavailable_promptly() {
         assert_eq!(reason(&status), "SHUTTING_DOWN");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_failure_mid_stream_ends_it_with_unavailable_never_as_complete() {
+    let cluster = crate::pg_cluster::PrivateCluster::start();
+    let app = crate::helpers::spawn_app_on(&cluster.base_url(), "jobledger", |a| {
+        a.db_acquire_timeout_ms = 500;
+    })
+    .await;
+    let job = create_in(&app, ORG_A, "backlog").await;
+    sqlx::query(
+        "INSERT INTO job_event (job_id, org_id, prev_status, next_status, attempt)
+         SELECT $1::uuid, $2::uuid, 'queued', 'queued', 0 FROM generate_series(1, 130)",
+    )
+    .bind(&job.id)
+    .bind(ORG_A)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let mut stream = open(
+        &app,
+        proto::StreamEventsRequest {
+            org_id: ORG_A.into(),
+            ..job_stream(&job.id, "")
+        },
+    )
+    .await;
+    // Let the stream read ahead, then take the database away under it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.db.close().await;
+    cluster.stop("immediate");
+    let mut events = 0;
+    let end = loop {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        match tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("the stream must not hang")
+        {
+            Some(Ok(_)) => events += 1,
+            Some(Err(status)) => break Some(status),
+            None => break None,
+        }
+    };
+    let status = end.unwrap_or_else(|| {
+        panic!("the stream ended as if complete after {events} events, not with an error")
+    });
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(events >= 100, "the buffered events come first ({events})");
+}
