@@ -2,7 +2,11 @@
 
 #![allow(dead_code)]
 
-use std::{sync::LazyLock, time::Duration};
+use std::{
+    process::{Child, Command, Stdio},
+    sync::LazyLock,
+    time::{Duration, Instant},
+};
 
 use jobledger::{
     config::ServeArgs,
@@ -190,27 +194,7 @@ impl Drop for TestApp {
         if let Some(server) = self.server.take() {
             server.abort();
         }
-        let admin = self.admin_url.clone();
-        let name = self.db_name.clone();
-        // Drop the database from a thread of its own: Drop cannot await, and the test's
-        // runtime may already be shutting down.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok(mut conn) = PgConnection::connect(&admin).await {
-                    let _ = conn
-                        .execute(
-                            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str(),
-                        )
-                        .await;
-                    let _ = conn.close().await;
-                }
-            });
-        })
-        .join();
+        drop_database(&self.admin_url, &self.db_name);
     }
 }
 
@@ -244,4 +228,149 @@ pub fn object(value: serde_json::Value) -> prost_types::Struct {
 pub fn to_json(s: &prost_types::Struct) -> serde_json::Value {
     let mut v = jobledger::ledger::Violations::default();
     jobledger::api::convert::struct_to_json(&mut v, "x", s, &Default::default())
+}
+
+/// A database name of our own on the shared server (created by whoever uses it first),
+/// dropped when this goes away.
+pub struct ScratchDb {
+    pub name: String,
+}
+
+impl ScratchDb {
+    pub fn new() -> ScratchDb {
+        ScratchDb {
+            name: format!("jl_test_{}", Uuid::new_v4().simple()),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/{}", base_url(), self.name)
+    }
+}
+
+impl Drop for ScratchDb {
+    fn drop(&mut self) {
+        drop_database(&format!("{}/postgres", base_url()), &self.name);
+    }
+}
+
+/// `DROP DATABASE ... WITH (FORCE)` from a thread of its own: Drop cannot await, and the
+/// test's runtime may already be shutting down.
+fn drop_database(admin_url: &str, name: &str) {
+    let admin = admin_url.to_owned();
+    let name = name.to_owned();
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            if let Ok(mut conn) = PgConnection::connect(&admin).await {
+                let _ = conn
+                    .execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str())
+                    .await;
+                let _ = conn.close().await;
+            }
+        });
+    })
+    .join();
+}
+
+/// The `jobledger` binary of this build.
+pub const BIN: &str = env!("CARGO_BIN_EXE_jobledger");
+
+/// A `jobledger serve` process of its own on a free port, killed when dropped.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl ServerProcess {
+    /// Starts the binary on `database_url` with `extra` flags (by default: probe every
+    /// 100 ms, drain timeout 3 s) and waits until it reports SERVING.
+    pub async fn start(database_url: &str, extra: &[&str]) -> ServerProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--database-url", database_url])
+            .args(["--listen-addr", &format!("127.0.0.1:{port}")]);
+        // Defaults, unless `extra` sets them (a flag may be given only once).
+        for (flag, value) in [
+            ("--probe-interval-ms", "100"),
+            ("--drain-timeout-ms", "3000"),
+        ] {
+            if !extra.contains(&flag) {
+                command.args([flag, value]);
+            }
+        }
+        let child = command
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn jobledger serve");
+        let server = ServerProcess {
+            child,
+            addr: format!("http://127.0.0.1:{port}"),
+        };
+        let started = Instant::now();
+        loop {
+            if let Ok(channel) = Channel::from_shared(server.addr.clone())
+                .unwrap()
+                .connect()
+                .await
+            {
+                let serving = HealthClient::new(channel)
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .map(|r| r.into_inner().status == 1)
+                    .unwrap_or(false);
+                if serving {
+                    return server;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the server process did not become healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends a signal (`TERM`, `INT`, ...).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit code.
+    pub async fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if started.elapsed() > limit {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -2,7 +2,7 @@
 //! as an operator sees it.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -13,48 +13,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use uuid::Uuid;
 
-use crate::helpers::{base_url, spawn_app};
-
-const BIN: &str = env!("CARGO_BIN_EXE_jobledger");
-
-/// A database name of our own on the shared server, dropped when this goes away.
-struct ScratchDb {
-    name: String,
-}
-
-impl ScratchDb {
-    fn new() -> ScratchDb {
-        ScratchDb {
-            name: format!("jl_test_{}", Uuid::new_v4().simple()),
-        }
-    }
-    fn url(&self) -> String {
-        format!("{}/{}", base_url(), self.name)
-    }
-}
-
-impl Drop for ScratchDb {
-    fn drop(&mut self) {
-        let admin = format!("{}/postgres", base_url());
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async move {
-                    if let Ok(mut c) = PgConnection::connect(&admin).await {
-                        let _ = c
-                            .execute(
-                                format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str(),
-                            )
-                            .await;
-                    }
-                })
-        })
-        .join();
-    }
-}
+use crate::helpers::{spawn_app, ScratchDb, ServerProcess, BIN};
 
 #[tokio::test]
 async fn the_schema_keeps_the_python_stacks_names_and_types() {
@@ -221,73 +180,6 @@ async fn migrate_subcommand_creates_and_migrates_then_exits() {
     conn.close().await.unwrap();
 }
 
-/// A `jobledger serve` process on a free port.
-struct ServerProcess {
-    child: Child,
-    addr: String,
-}
-
-impl ServerProcess {
-    async fn start(database_url: &str) -> ServerProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(BIN)
-            .args(["serve", "--database-url", database_url])
-            .args(["--listen-addr", &format!("127.0.0.1:{port}")])
-            .args(["--probe-interval-ms", "100", "--drain-timeout-ms", "8000"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = ServerProcess {
-            child,
-            addr: format!("http://127.0.0.1:{port}"),
-        };
-        let started = Instant::now();
-        while health_exit(&server.addr, "") != Some(0) {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "server did not become healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        server
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits up to `limit` for the process to exit; its exit code.
-    async fn wait(&mut self, limit: Duration) -> Option<i32> {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            if started.elapsed() > limit {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `jobledger health` against `addr`; its exit code.
 fn health_exit(addr: &str, service: &str) -> Option<i32> {
     Command::new(BIN)
@@ -310,7 +202,7 @@ fn health_exit(addr: &str, service: &str) -> Option<i32> {
 #[tokio::test]
 async fn sigterm_finishes_in_flight_calls_refuses_new_ones_and_exits_zero() {
     let db = ScratchDb::new();
-    let mut server = ServerProcess::start(&db.url()).await;
+    let mut server = ServerProcess::start(&db.url(), &["--drain-timeout-ms", "8000"]).await;
     let channel = Channel::from_shared(server.addr.clone())
         .unwrap()
         .connect()

@@ -8,7 +8,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -18,9 +18,8 @@ use sqlx::{postgres::PgPoolOptions, PgPool};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::{transport::Channel, Code, Status, Streaming};
-use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
-use crate::helpers::{reason, spawn_app, spawn_app_with, to_json, TestApp};
+use crate::helpers::{reason, spawn_app, spawn_app_with, to_json, ServerProcess, TestApp};
 
 const ORG_A: &str = "a1a1a1a1-0000-4000-8000-00000000000a";
 const ORG_B: &str = "b2b2b2b2-0000-4000-8000-00000000000b";
@@ -770,84 +769,6 @@ async fn job_feed_under_random_resumes(writers: u64) {
 // 3. A second server process on the same database
 // ---------------------------------------------------------------------------------------
 
-const BIN: &str = env!("CARGO_BIN_EXE_jobledger");
-
-/// A `jobledger serve` process on a free port (killed when dropped).
-struct ServerProcess {
-    child: Child,
-    addr: String,
-}
-
-impl ServerProcess {
-    async fn start(database_url: &str, extra: &[&str]) -> ServerProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(BIN)
-            .args(["serve", "--database-url", database_url])
-            .args(["--listen-addr", &format!("127.0.0.1:{port}")])
-            .args(["--probe-interval-ms", "100", "--drain-timeout-ms", "3000"])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn jobledger serve");
-        let server = ServerProcess {
-            child,
-            addr: format!("http://127.0.0.1:{port}"),
-        };
-        let started = Instant::now();
-        loop {
-            if let Ok(channel) = Channel::from_shared(server.addr.clone())
-                .unwrap()
-                .connect()
-                .await
-            {
-                let serving = HealthClient::new(channel)
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                    .map(|r| r.into_inner().status == 1)
-                    .unwrap_or(false);
-                if serving {
-                    return server;
-                }
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "second server did not become healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Sends pure wake-up hints for `org` every 300 ms until dropped: the org feed waits for
-/// the cluster-wide xmin, which other databases' transactions on the shared PostgreSQL
-/// may hold back past a notification (see the report); a later notification re-reads.
-fn nudge_org(db: PgPool, org: &'static str) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let _ = sqlx::query("SELECT pg_notify('jobledger_events', $1 || ' ' || $1)")
-                .bind(org)
-                .execute(&db)
-                .await;
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_process_streams_what_the_first_one_writes_and_vice_versa() {
     // Poll intervals of a minute: what arrives within seconds came through NOTIFY.
@@ -856,7 +777,6 @@ async fn a_second_server_process_streams_what_the_first_one_writes_and_vice_vers
         ServerProcess::start(&app.database_url, &["--stream-poll-interval-ms", "60000"]).await;
     let remote = connect(&other.addr).await;
     let local = app.client.clone();
-    let nudges = nudge_org(app.db.clone(), DEFAULT_ORG);
 
     for (name, writer, reader) in [
         ("in-process → process", &local, &remote),
@@ -890,7 +810,6 @@ async fn a_second_server_process_streams_what_the_first_one_writes_and_vice_vers
         let o = next_event(&mut org_stream, Duration::from_secs(10), name).await;
         assert_eq!(o.id, done.id);
     }
-    nudges.abort();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1119,13 +1038,22 @@ async fn shutdown_under_load_ends_every_open_stream_with_unavailable_within_the_
     let mut readers = Vec::new();
     let mut requests = vec![org_req(ORG_A, ""), org_req(ORG_A, ""), org_req(ORG_B, "")];
     requests.extend(jobs.iter().map(|j| job_req(ORG_A, j, "")));
+    // How many of the org A streams have received an event (each counts itself once).
+    let live = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let expect_live = requests.iter().filter(|r| r.org_id == ORG_A).count();
     for req in requests {
         let mut stream = open(&app.client, req.clone()).await;
+        let live = live.clone();
         readers.push(tokio::spawn(async move {
             let mut count = 0;
             loop {
-                match next_item(&mut stream, Duration::from_secs(10)).await {
-                    Item::Event(_) => count += 1,
+                match next_item(&mut stream, Duration::from_secs(30)).await {
+                    Item::Event(_) => {
+                        count += 1;
+                        if count == 1 && req.org_id == ORG_A {
+                            live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
                     other => return (req, count, other),
                 }
             }
@@ -1145,7 +1073,17 @@ async fn shutdown_under_load_ends_every_open_stream_with_unavailable_within_the_
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Shut down under load, once every org A stream is live (a generous bound: the
+    // machine may be busy).
+    let waiting = Instant::now();
+    while live.load(std::sync::atomic::Ordering::SeqCst) < expect_live {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(20),
+            "not every stream received an event while the writers ran"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
 
     let started = Instant::now();
     app.stop().await.expect("clean stop");
