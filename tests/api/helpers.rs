@@ -70,6 +70,9 @@ pub async fn spawn_app_on(
     args.listen_addr = "127.0.0.1:0".parse().unwrap();
     args.probe_interval_ms = 100;
     args.drain_timeout_ms = 5_000;
+    // The shared PostgreSQL allows 100 connections and tests run 4 at a time, each with
+    // a server (pool + listener + probe) and a pool of its own: keep them modest.
+    args.pool_size = 10;
     configure(&mut args);
     let app = Application::build(args).await.expect("application builds");
     let port = app.port();
@@ -85,7 +88,7 @@ pub async fn spawn_app_on(
         .await
         .expect("client connects");
     let db = PgPoolOptions::new()
-        .max_connections(5)
+        .max_connections(3)
         .connect(&database_url)
         .await
         .expect("test pool connects");
