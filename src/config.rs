@@ -43,6 +43,12 @@ pub enum Command {
     Health(crate::cli::HealthArgs),
     /// Create, read and move jobs on a running server.
     Job(crate::cli::JobArgs),
+    /// Load a server over gRPC (`bench compare`: side by side with pgbench running the
+    /// same SQL); see BENCHMARKS.md.
+    Bench(crate::bench::BenchArgs),
+    /// Verify the ledger's invariants over the whole database; exit 0 when all hold,
+    /// 1 when any is violated, 2 when the database cannot be read.
+    Check(crate::check::CheckArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

@@ -6,6 +6,8 @@
 //! `health` probes the database.
 
 pub mod api;
+pub mod bench;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod feed;

@@ -16,6 +16,8 @@ async fn main() -> ExitCode {
     match cli.command {
         Some(Command::Health(args)) => return cli::health(args).await,
         Some(Command::Job(args)) => return cli::job(args).await,
+        Some(Command::Bench(args)) => return jobledger::bench::main(args).await,
+        Some(Command::Check(args)) => return jobledger::check::main(args).await,
         // Their output is a JSON report on stdout, where the logs would go: no logs.
         Some(Command::Migrate(args)) if args.action.is_some() => return migrate_legacy(args).await,
         _ => {}
@@ -25,7 +27,9 @@ async fn main() -> ExitCode {
         Some(Command::Migrate(args)) => migrate(args).await,
         Some(Command::Serve(args)) => serve(args).await,
         None => serve(cli.serve).await,
-        Some(Command::Health(_) | Command::Job(_)) => unreachable!("handled above"),
+        Some(Command::Health(_) | Command::Job(_) | Command::Bench(_) | Command::Check(_)) => {
+            unreachable!("handled above")
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,6 +15,9 @@ use crate::store::FeedScope;
 /// Default `max_attempts` when a request leaves it 0.
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 5;
 
+/// Most jobs one CreateJobs call may carry.
+pub const MAX_JOBS_PER_BATCH: usize = 1000;
+
 pub fn status_to_proto(s: JobStatus) -> proto::JobStatus {
     match s {
         JobStatus::Queued => proto::JobStatus::Queued,

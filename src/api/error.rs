@@ -131,6 +131,19 @@ impl From<LedgerError> for Status {
     }
 }
 
+/// A ledger error as the `google.rpc.Status` message a CreateJobs entry carries: the
+/// code, message and details (ErrorInfo, BadRequest, ...) that a call of its own would
+/// have failed with.
+pub fn entry_status(err: LedgerError) -> tonic_types::Status {
+    let status = Status::from(err);
+    // `Status::with_error_details` encodes exactly this message as the details.
+    prost::Message::decode(status.details()).unwrap_or_else(|_| tonic_types::Status {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        details: Vec::new(),
+    })
+}
+
 /// One PreconditionFailure violation per allowed next status (type `STATUS`), or one
 /// saying the status is final.
 fn precondition_violations(details: &mut ErrorDetails, from: JobStatus, allowed: &[JobStatus]) {

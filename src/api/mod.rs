@@ -10,7 +10,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::feed::Feed;
-use crate::ledger::{LedgerError, Limits};
+use crate::ledger::{LedgerError, Limits, NewJob};
 use crate::proto::{self, job_ledger_server::JobLedger};
 use crate::store::Store;
 
@@ -69,6 +69,52 @@ impl JobLedger for LedgerService {
             job: Some(convert::job_to_proto(&outcome.job)),
             events: outcome.events.iter().map(convert::event_to_proto).collect(),
         }))
+    }
+
+    async fn create_jobs(
+        &self,
+        request: Request<proto::CreateJobsRequest>,
+    ) -> Result<Response<proto::CreateJobsResponse>, Status> {
+        let entries = request.into_inner().jobs;
+        if entries.len() > convert::MAX_JOBS_PER_BATCH {
+            return Err(LedgerError::invalid(
+                "jobs",
+                format!(
+                    "at most {} jobs per call, got {}",
+                    convert::MAX_JOBS_PER_BATCH,
+                    entries.len()
+                ),
+            )
+            .into());
+        }
+        // Each entry is validated on its own; only the valid ones reach the database.
+        let converted: Vec<Result<NewJob, LedgerError>> = entries
+            .into_iter()
+            .map(|entry| convert::new_job(entry, &self.limits))
+            .collect();
+        let valid: Vec<NewJob> = converted
+            .iter()
+            .filter_map(|c| c.as_ref().ok().cloned())
+            .collect();
+        let mut created = self.store.create_jobs(&valid).await?.into_iter();
+        let results = converted
+            .into_iter()
+            .map(
+                |c| match c.and_then(|_| created.next().expect("one outcome per valid entry")) {
+                    Ok((job, created)) => proto::CreateJobsResult {
+                        job: Some(convert::job_to_proto(&job)),
+                        created,
+                        error: None,
+                    },
+                    Err(e) => proto::CreateJobsResult {
+                        job: None,
+                        created: false,
+                        error: Some(error::entry_status(e)),
+                    },
+                },
+            )
+            .collect();
+        Ok(Response::new(proto::CreateJobsResponse { results }))
     }
 
     type StreamEventsStream = EventStream;

@@ -121,6 +121,9 @@ struct LockedJob {
     now: DateTime<Utc>,
 }
 
+/// What creating one job came to: the job and whether this call created it, or why not.
+pub type CreateOutcome = Result<(Job, bool), LedgerError>;
+
 /// The outcome of a transition: the job after it and the events it wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransitionOutcome {
@@ -385,6 +388,121 @@ impl Store {
         })
     }
 
+    /// Creates many jobs (CreateJobs): one statement inserts every job and its creation
+    /// event and finds the jobs that already hold a key, so one round trip answers a
+    /// whole batch in the common case. Each entry gets the outcome `create_job` would give
+    /// it (idempotency included): entries sharing a key with an earlier entry of the batch,
+    /// and losers of a race with a concurrent writer, are answered by a re-run of the
+    /// statement, which sees the winners (committed by then: ON CONFLICT waits for them).
+    /// Rows are inserted in (org_id, idempotency_key) order, so concurrent batches with
+    /// overlapping keys wait for each other in one order and never deadlock.
+    #[tracing::instrument(skip_all, fields(jobs = jobs.len()))]
+    pub async fn create_jobs(&self, jobs: &[NewJob]) -> Result<Vec<CreateOutcome>, LedgerError> {
+        let statement = format!(
+            "WITH input AS (
+                SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[],
+                                     $6::text[], $7::int4[], $8::jsonb[], $9::int4[], $10::bool[])
+                    AS i(id, org_id, type, priority, idempotency_key, requested_by,
+                         max_attempts, params, n, first)
+             ), new_job AS (
+                INSERT INTO job (id, org_id, type, priority, idempotency_key, requested_by,
+                                 max_attempts, params)
+                SELECT id, org_id, type, priority, idempotency_key, requested_by, max_attempts,
+                       params
+                FROM input WHERE first
+                ORDER BY org_id, idempotency_key
+                ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL
+                DO NOTHING
+                RETURNING *
+             ), creation_event AS (
+                INSERT INTO job_event (job_id, org_id, ts, prev_status, next_status, attempt,
+                                       detail_json)
+                SELECT id, org_id, created_at, NULL, 'queued', 0,
+                       CASE WHEN requested_by IS NULL THEN '{{}}'::jsonb
+                            ELSE jsonb_build_object('actor', requested_by) END
+                FROM new_job
+             )
+             SELECT {new_columns}, i.n, true AS created, true AS same_input
+             FROM new_job nj JOIN input i ON i.id = nj.id
+             UNION ALL
+             SELECT {existing_columns}, i.n, false,
+                    (j.type = i.type AND j.params IS NOT DISTINCT FROM i.params)
+             FROM input i JOIN job j
+                  ON j.org_id = i.org_id AND j.idempotency_key = i.idempotency_key",
+            new_columns = qualified_job_columns("nj"),
+            existing_columns = qualified_job_columns("j"),
+        );
+        let mut outcomes: Vec<Option<CreateOutcome>> =
+            std::iter::repeat_with(|| None).take(jobs.len()).collect();
+        let mut pending: Vec<usize> = (0..jobs.len()).collect();
+        for _ in 0..3 {
+            if pending.is_empty() {
+                break;
+            }
+            let mut seen = std::collections::HashSet::new();
+            let first: Vec<bool> = pending
+                .iter()
+                .map(|&i| match &jobs[i].idempotency_key {
+                    Some(key) => seen.insert((jobs[i].org_id, key.as_str())),
+                    None => true,
+                })
+                .collect();
+            let entries = pending.iter().map(|&i| &jobs[i]);
+            let rows: Vec<BatchRow> = sqlx::query_as(&statement)
+                .bind(pending.iter().map(|_| Uuid::new_v4()).collect::<Vec<_>>())
+                .bind(entries.clone().map(|j| j.org_id).collect::<Vec<_>>())
+                .bind(
+                    entries
+                        .clone()
+                        .map(|j| j.job_type.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(entries.clone().map(|j| j.priority).collect::<Vec<_>>())
+                .bind(
+                    entries
+                        .clone()
+                        .map(|j| j.idempotency_key.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    entries
+                        .clone()
+                        .map(|j| j.requested_by.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(entries.clone().map(|j| j.max_attempts).collect::<Vec<_>>())
+                .bind(entries.map(|j| j.params.clone()).collect::<Vec<_>>())
+                .bind(pending.iter().map(|&i| i as i32).collect::<Vec<_>>())
+                .bind(first)
+                .fetch_all(&self.pool)
+                .await?;
+            for row in rows {
+                let slot = &mut outcomes[row.n as usize];
+                // A created job wins over a lookup of the same entry (there is none: the
+                // lookup reads the snapshot from before the insert).
+                if slot.as_ref().is_some_and(|o| o.is_ok()) && !row.created {
+                    continue;
+                }
+                *slot = Some(match (row.created, row.same_input) {
+                    (true, _) => Ok((row.job.try_into()?, true)),
+                    (false, true) => Ok((row.job.try_into()?, false)),
+                    (false, false) => Err(LedgerError::IdempotencyKeyReused { job_id: row.job.id }),
+                });
+            }
+            pending.retain(|&i| outcomes[i].is_none());
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Err(LedgerError::Internal {
+                        cause: "create_jobs: insert neither created nor found a job".into(),
+                    })
+                })
+            })
+            .collect())
+    }
+
     /// A job's events in order (the creation event first).
     #[tracing::instrument(skip_all, fields(%org_id, %job_id))]
     pub async fn job_events(
@@ -409,4 +527,23 @@ struct SameInputRow {
     #[sqlx(flatten)]
     job: JobRow,
     same_input: bool,
+}
+
+/// A row of `create_jobs`: the job, which entry of the batch it answers, and how.
+#[derive(FromRow)]
+struct BatchRow {
+    #[sqlx(flatten)]
+    job: JobRow,
+    n: i32,
+    created: bool,
+    same_input: bool,
+}
+
+/// `JOB_COLUMNS` of the table aliased `alias` (for statements that join `job`).
+fn qualified_job_columns(alias: &str) -> String {
+    JOB_COLUMNS
+        .split(',')
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

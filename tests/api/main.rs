@@ -5,11 +5,15 @@
 mod helpers;
 mod pg_cluster;
 
+mod batch;
+mod bench_smoke;
 mod create;
 mod errors;
 mod get;
 mod health;
+mod invariants;
 mod lifecycle;
 mod stream;
 mod stream_faults;
+mod tenancy;
 mod transition;

@@ -24,7 +24,6 @@ use crate::helpers::{reason, spawn_app, spawn_app_with, to_json, ServerProcess, 
 const ORG_A: &str = "a1a1a1a1-0000-4000-8000-00000000000a";
 const ORG_B: &str = "b2b2b2b2-0000-4000-8000-00000000000b";
 const ORG_C: &str = "c3c3c3c3-0000-4000-8000-00000000000c";
-/// The org of requests that leave `org_id` empty.
 
 type Client = JobLedgerClient<Channel>;
 type Event = proto::JobEvent;
