@@ -11,21 +11,10 @@ ALTER TABLE job_event ADD COLUMN IF NOT EXISTS xid xid8 NOT NULL DEFAULT pg_curr
 CREATE INDEX IF NOT EXISTS idx_job_event_org_xid_seq ON job_event (org_id, xid, seq);
 CREATE INDEX IF NOT EXISTS idx_job_event_job_xid_seq ON job_event (job_id, xid, seq);
 -- Superseded by idx_job_event_job_xid_seq (a job's events in (xid, seq) order are in seq
--- order: its transitions are serialized by the job's row lock). One index less per insert.
+-- order: its writers are serialized by the job's locks). One index less per insert.
 DROP INDEX IF EXISTS uq_job_event_job_seq;
 
--- Every committed event wakes the subscribers of its org and job on every replica.
--- The payload is only a hint ("<org_id> <job_id>"): subscribers read the events from the
--- table. NOTIFY is sent at commit, so nothing is announced that a reader cannot see.
-CREATE OR REPLACE FUNCTION jobledger_notify_event() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('jobledger_events', NEW.org_id::text || ' ' || NEW.job_id::text);
-    RETURN NULL;
-END
-$$;
-
-DROP TRIGGER IF EXISTS trg_job_event_notify ON job_event;
-CREATE TRIGGER trg_job_event_notify
-    AFTER INSERT ON job_event
-    FOR EACH ROW EXECUTE FUNCTION jobledger_notify_event();
+-- Live subscribers are woken by the server after each commit (LISTEN/NOTIFY on channel
+-- `jobledger_events`, sent in a statement of its own; see src/feed/announcer.rs). Not by
+-- a trigger here: a NOTIFY inside the writing transaction makes PostgreSQL serialize the
+-- commits of all notifying transactions, so concurrent writes could not share a flush.

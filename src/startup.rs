@@ -90,7 +90,14 @@ impl Application {
             stop.clone(),
         ));
 
-        let feed = Feed::new(self.store.clone(), args.feed_settings(), stop.clone());
+        let (feed, announcements) =
+            Feed::new(self.store.clone(), args.feed_settings(), stop.clone());
+        let feed_announcer = tokio::spawn(feed::announce_loop(
+            announcements,
+            self.options.clone(),
+            feed.wakeups(),
+            stop.clone(),
+        ));
         let feed_listener = tokio::spawn(feed::listen(
             self.options.clone(),
             feed.wakeups(),
@@ -153,6 +160,7 @@ impl Application {
         }
         probe.await.ok();
         feed_listener.await.ok();
+        feed_announcer.await.ok();
         self.store.pool().close().await;
         Ok(())
     }

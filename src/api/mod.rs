@@ -42,6 +42,9 @@ impl JobLedger for LedgerService {
     ) -> Result<Response<proto::CreateJobResponse>, Status> {
         let new = convert::new_job(request.into_inner(), &self.limits)?;
         let (job, created) = self.store.create_job(&new).await?;
+        if created {
+            self.feed.announce(job.org_id, job.id);
+        }
         Ok(Response::new(proto::CreateJobResponse {
             job: Some(convert::job_to_proto(&job)),
             created,
@@ -65,6 +68,8 @@ impl JobLedger for LedgerService {
     ) -> Result<Response<proto::TransitionJobResponse>, Status> {
         let transition = convert::transition(request.into_inner(), &self.limits)?;
         let outcome = self.store.transition_job(&transition).await?;
+        // (A request_id replay announces again: harmless, its subscribers find nothing new.)
+        self.feed.announce(outcome.job.org_id, outcome.job.id);
         Ok(Response::new(proto::TransitionJobResponse {
             job: Some(convert::job_to_proto(&outcome.job)),
             events: outcome.events.iter().map(convert::event_to_proto).collect(),
@@ -101,11 +106,16 @@ impl JobLedger for LedgerService {
             .into_iter()
             .map(
                 |c| match c.and_then(|_| created.next().expect("one outcome per valid entry")) {
-                    Ok((job, created)) => proto::CreateJobsResult {
-                        job: Some(convert::job_to_proto(&job)),
-                        created,
-                        error: None,
-                    },
+                    Ok((job, created)) => {
+                        if created {
+                            self.feed.announce(job.org_id, job.id);
+                        }
+                        proto::CreateJobsResult {
+                            job: Some(convert::job_to_proto(&job)),
+                            created,
+                            error: None,
+                        }
+                    }
                     Err(e) => proto::CreateJobsResult {
                         job: None,
                         created: false,

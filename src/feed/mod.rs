@@ -1,11 +1,13 @@
 //! The live event feed behind StreamEvents.
 //!
 //! The database is the source of truth: each subscriber reads its events from
-//! `job_event` after its cursor, in pages, at its own pace. Notifications
-//! (LISTEN/NOTIFY, one listener connection per process) only wake subscribers early;
-//! a periodic re-read covers a lost notification or a dropped listener. Memory per
+//! `job_event` after its cursor, in pages, at its own pace. Wake-ups only make it read
+//! early: the server announces its own commits (waking local subscribers, and other
+//! replicas by NOTIFY, one listener connection per process); a periodic re-read covers
+//! a lost notification, a dropped listener, or events written by another program. Memory per
 //! subscriber is bounded by one page plus a small channel, however slow the reader.
 
+mod announcer;
 mod listener;
 mod subscription;
 mod wakeups;
@@ -15,6 +17,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+pub use announcer::{announce_loop, AnnounceQueue, Announcer};
 pub use listener::{listen, CHANNEL};
 use wakeups::Wakeups;
 
@@ -44,12 +47,14 @@ impl Default for FeedSettings {
     }
 }
 
-/// One process's feed: the wake-up hub, the stream cap and the shutdown signal.
+/// One process's feed: the wake-up hub, the announcer, the stream cap and the
+/// shutdown signal.
 #[derive(Clone)]
 pub struct Feed {
     store: Store,
     settings: FeedSettings,
     wakeups: Arc<Wakeups>,
+    announcer: Announcer,
     streams: Arc<Semaphore>,
     shutdown: CancellationToken,
 }
@@ -67,14 +72,28 @@ pub struct Subscribe {
 pub type FeedItem = Result<JobEvent, LedgerError>;
 
 impl Feed {
-    pub fn new(store: Store, settings: FeedSettings, shutdown: CancellationToken) -> Feed {
-        Feed {
+    /// The feed, and the queue of announcements for `announce_loop` to drain.
+    pub fn new(
+        store: Store,
+        settings: FeedSettings,
+        shutdown: CancellationToken,
+    ) -> (Feed, AnnounceQueue) {
+        let (announcer, queue) = Announcer::new();
+        let feed = Feed {
             store,
             streams: Arc::new(Semaphore::new(settings.max_streams)),
             settings,
             wakeups: Arc::new(Wakeups::default()),
+            announcer,
             shutdown,
-        }
+        };
+        (feed, queue)
+    }
+
+    /// Call after committing an event of `job_id`: wakes its subscribers here and on
+    /// the other replicas.
+    pub fn announce(&self, org_id: uuid::Uuid, job_id: uuid::Uuid) {
+        self.announcer.announce(org_id, job_id);
     }
 
     /// The hub the listener task wakes.

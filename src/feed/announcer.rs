@@ -1,0 +1,93 @@
+//! Announcing committed events, after the commit.
+//!
+//! A NOTIFY sent inside the writing transaction would make PostgreSQL serialize the
+//! commits of every writer (it holds a database-wide lock through the commit of any
+//! transaction that notified), so concurrent writes could never share a WAL flush. So
+//! the server announces after its own commits: it wakes its own subscribers at once and
+//! tells the other replicas with one batched `pg_notify` in a statement of its own that
+//! writes nothing. A lost announcement (a crash between commit and NOTIFY, or events
+//! written by another program) is caught by the subscribers' periodic re-read.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{listener::CHANNEL, wakeups::Wakeups};
+
+/// Most (org, job) pairs sent in one NOTIFY statement.
+const BATCH: usize = 1000;
+
+/// The write side's handle: `announce` after a commit. Never blocks.
+#[derive(Clone, Debug)]
+pub struct Announcer {
+    tx: mpsc::UnboundedSender<(Uuid, Uuid)>,
+}
+
+/// The queue `announce_loop` drains.
+pub struct AnnounceQueue(mpsc::UnboundedReceiver<(Uuid, Uuid)>);
+
+impl Announcer {
+    pub fn new() -> (Announcer, AnnounceQueue) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Announcer { tx }, AnnounceQueue(rx))
+    }
+
+    /// An event of `job_id` in `org_id` was committed.
+    pub fn announce(&self, org_id: Uuid, job_id: Uuid) {
+        // Only fails when the loop has stopped (shutdown): nobody is left to wake.
+        let _ = self.tx.send((org_id, job_id));
+    }
+}
+
+/// Drains the queue until `stop`: wakes local subscribers, then notifies the other
+/// replicas, coalescing whatever accumulated while the previous NOTIFY was in flight.
+pub async fn announce_loop(
+    AnnounceQueue(mut rx): AnnounceQueue,
+    options: PgConnectOptions,
+    wakeups: Arc<Wakeups>,
+    stop: CancellationToken,
+) {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy_with(options.application_name("jobledger-announcer"));
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => break,
+            next = rx.recv() => match next {
+                Some(pair) => pair,
+                None => break,
+            },
+        };
+        let mut batch = HashSet::from([first]);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(pair) => {
+                    batch.insert(pair);
+                }
+                Err(_) => break,
+            }
+        }
+        for (org_id, job_id) in &batch {
+            wakeups.wake(*org_id, *job_id);
+        }
+        let payloads: Vec<String> = batch
+            .iter()
+            .map(|(org_id, job_id)| format!("{org_id} {job_id}"))
+            .collect();
+        let sent = sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) p")
+            .bind(CHANNEL)
+            .bind(&payloads)
+            .execute(&pool)
+            .await;
+        if let Err(e) = sent {
+            // Other replicas find these events at their next periodic re-read.
+            tracing::debug!(error = %e, events = payloads.len(), "notify failed");
+        }
+    }
+    pool.close().await;
+}
