@@ -19,3 +19,6 @@ WITH new_job AS (
  SELECT id, org_id, type, status, attempt, max_attempts, priority,
      idempotency_key, requested_by, params, created_at, updated_at, started_at, finished_at,
      last_error_code, last_error_message, stage, progress, result FROM new_job;
+-- After the commit the server announces the new job's creation event
+-- (src/feed/announcer.rs), batched with whatever else committed meanwhile.
+SELECT pg_notify('jobledger_events', '00000000-0000-0000-0000-000000000000 ' || gen_random_uuid());

@@ -6,11 +6,13 @@
 \set n random(1, :njobs)
 \set progress random(0, 100)
 BEGIN;
+WITH serialized AS (
+    SELECT pg_advisory_xact_lock(hashtextextended(lpad(to_hex(:n::int8), 32, '0')::uuid::text, 0)))
 SELECT id, org_id, type, status, attempt, max_attempts, priority,
      idempotency_key, requested_by, params, created_at, updated_at, started_at, finished_at,
      last_error_code, last_error_message, stage, progress, result, clock_timestamp() AS now
-FROM job WHERE id = lpad(to_hex(:n::int8), 32, '0')::uuid
-    AND org_id = '00000000-0000-0000-0000-000000000000' FOR UPDATE;
+FROM serialized, job WHERE id = lpad(to_hex(:n::int8), 32, '0')::uuid
+    AND org_id = '00000000-0000-0000-0000-000000000000' FOR UPDATE OF job;
 WITH updated AS (
     UPDATE job SET status = 'running', attempt = 1, updated_at = clock_timestamp(),
         started_at = created_at, finished_at = NULL, last_error_code = NULL,
@@ -32,3 +34,7 @@ WITH updated AS (
  ORDER BY e.n
  RETURNING id, seq, xid::text::int8;
 COMMIT;
+-- After the commit the server announces the event (src/feed/announcer.rs), batched with
+-- whatever else committed meanwhile; unbatched here, the ceiling's side pays it in full.
+SELECT pg_notify('jobledger_events',
+                 '00000000-0000-0000-0000-000000000000 ' || lpad(to_hex(:n::int8), 32, '0')::uuid);

@@ -1451,9 +1451,6 @@ async fn malformed_protobuf_is_invalid_argument_never_internal() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: tonic answers a unary call with no request message with INTERNAL \
-            \"Missing request message.\" and no ErrorInfo; client_errors_are_not_internal \
-            does not map it"]
 async fn a_unary_call_without_a_request_message_is_not_internal() {
     let app = spawn_app().await;
     let mut grpc = raw_grpc(&app).await;
