@@ -193,6 +193,17 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBLEDGER_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_request_bytes: usize,
 
+    /// Group commit: writer tasks that write concurrent CreateJob calls together, one
+    /// statement and one commit per batch (0 turns it off).
+    #[arg(long, env = "JOBLEDGER_GROUP_COMMIT_WRITERS", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub group_commit_writers: u16,
+
+    /// Most CreateJob calls written in one group commit.
+    #[arg(long, env = "JOBLEDGER_GROUP_COMMIT_MAX_BATCH", default_value_t = 256,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub group_commit_max_batch: u16,
+
     /// Most open StreamEvents streams per process (more: RESOURCE_EXHAUSTED).
     #[arg(long, env = "JOBLEDGER_MAX_STREAMS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u32).range(1..))]

@@ -19,7 +19,7 @@ use crate::config::ServeArgs;
 use crate::feed::{self, Feed};
 use crate::health::{probe_loop, HealthState};
 use crate::proto::{self, job_ledger_server::JobLedgerServer};
-use crate::store::{self, PoolSettings, Store};
+use crate::store::{self, GroupCommit, PoolSettings, Store};
 
 pub struct Application {
     listener: TcpListener,
@@ -103,12 +103,16 @@ impl Application {
             feed.wakeups(),
             stop.clone(),
         ));
-        let ledger = JobLedgerServer::new(LedgerService::new(
-            self.store.clone(),
-            feed,
-            args.limits.limits(),
-        ))
-        .max_decoding_message_size(args.max_request_bytes);
+        let mut service = LedgerService::new(self.store.clone(), feed, args.limits.limits());
+        if args.group_commit_writers > 0 {
+            service = service.with_group_commit(GroupCommit::start(
+                self.store.clone(),
+                args.group_commit_writers.into(),
+                args.group_commit_max_batch.into(),
+            ));
+        }
+        let ledger =
+            JobLedgerServer::new(service).max_decoding_message_size(args.max_request_bytes);
 
         let (reflection_v1, reflection_v1alpha) = if args.reflection {
             let builder = || {

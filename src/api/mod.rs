@@ -12,20 +12,29 @@ use tonic::{Request, Response, Status};
 use crate::feed::Feed;
 use crate::ledger::{LedgerError, Limits, NewJob};
 use crate::proto::{self, job_ledger_server::JobLedger};
-use crate::store::Store;
+use crate::store::{GroupCommit, Store};
 
 /// The `jobledger.v1.JobLedger` service.
 #[derive(Clone)]
 pub struct LedgerService {
     store: Store,
+    /// CreateJob's path when group commit is on.
+    group_commit: Option<GroupCommit>,
     feed: Feed,
     limits: Limits,
 }
 
 impl LedgerService {
+    /// Writes concurrent CreateJob calls together (see `store::GroupCommit`).
+    pub fn with_group_commit(mut self, group_commit: GroupCommit) -> Self {
+        self.group_commit = Some(group_commit);
+        self
+    }
+
     pub fn new(store: Store, feed: Feed, limits: Limits) -> Self {
         LedgerService {
             store,
+            group_commit: None,
             feed,
             limits,
         }
@@ -41,7 +50,10 @@ impl JobLedger for LedgerService {
         request: Request<proto::CreateJobRequest>,
     ) -> Result<Response<proto::CreateJobResponse>, Status> {
         let new = convert::new_job(request.into_inner(), &self.limits)?;
-        let (job, created) = self.store.create_job(&new).await?;
+        let (job, created) = match &self.group_commit {
+            Some(group) => group.create_job(new).await?,
+            None => self.store.create_job(&new).await?,
+        };
         if created {
             self.feed.announce(job.org_id, job.id);
         }

@@ -12,7 +12,7 @@ pub struct FieldViolation {
     pub description: String,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LedgerError {
     #[error("invalid request: {}", summarize(.0))]
     InvalidArgument(Vec<FieldViolation>),

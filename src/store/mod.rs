@@ -2,9 +2,11 @@
 
 mod error;
 mod events;
+mod group;
 mod jobs;
 
 pub use events::{FeedPosition, FeedScope};
+pub use group::GroupCommit;
 pub use jobs::TransitionOutcome;
 
 use std::time::Duration;

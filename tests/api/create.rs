@@ -12,7 +12,9 @@ use tonic::Code;
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
-use crate::helpers::{object, reason, spawn_app, to_json, violated_fields, TestApp};
+use crate::helpers::{
+    object, reason, spawn_app, spawn_app_with, to_json, violated_fields, TestApp,
+};
 
 const DEFAULT_ORG: &str = "00000000-0000-0000-0000-000000000000";
 
@@ -1147,4 +1149,73 @@ async fn a_rejected_create_does_not_burn_its_idempotency_key() {
     assert!(response.created);
     assert_eq!(app.count("job").await, 1);
     assert_eq!(app.count("job_event").await, 1);
+}
+
+/// `n` creates at once over 8 connections; every third shares a key with two others.
+async fn create_concurrently(app: &TestApp, n: usize) -> Vec<proto::CreateJobResponse> {
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(app.new_client().await);
+    }
+    let calls = (0..n).map(|i| {
+        let mut client = clients[i % clients.len()].clone();
+        async move {
+            client
+                .create_job(proto::CreateJobRequest {
+                    r#type: "grouped".into(),
+                    idempotency_key: format!("key-{}", i / 3),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner())
+        }
+    });
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect("every create succeeds"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_are_grouped_into_shared_commits_with_each_callers_outcome() {
+    let app = spawn_app().await;
+    let responses = create_concurrently(&app, 300).await;
+    // One job per key; each key's three callers got the same job, exactly one created it.
+    for key in 0..100 {
+        let group = &responses[key * 3..key * 3 + 3];
+        let id = &group[0].job.as_ref().unwrap().id;
+        assert!(group.iter().all(|r| &r.job.as_ref().unwrap().id == id));
+        assert_eq!(group.iter().filter(|r| r.created).count(), 1, "key-{key}");
+    }
+    assert_eq!(app.count("job").await, 100);
+    assert_eq!(app.count("job_event").await, 100);
+    // Each creation event was written in its job's transaction...
+    let apart: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job j JOIN job_event e ON e.job_id = j.id
+         WHERE e.xid::text <> j.xmin::text",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(apart, 0);
+    // ...and concurrent calls shared transactions: fewer commits than jobs.
+    let commits: i64 = sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM job")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    eprintln!("100 jobs in {commits} commits");
+    assert!(commits < 100, "no two creates shared a commit ({commits})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_group_commit_every_create_is_its_own_transaction() {
+    let app = spawn_app_with(|a| a.group_commit_writers = 0).await;
+    let responses = create_concurrently(&app, 90).await;
+    assert_eq!(responses.iter().filter(|r| r.created).count(), 30);
+    let commits: i64 = sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM job")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(commits, 30);
 }
