@@ -216,6 +216,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 /// Field limits (spec §3). Those of columns with a fixed width cannot exceed it.
@@ -267,6 +270,62 @@ impl LimitArgs {
             json_depth: self.max_json_depth.into(),
             max_attempts: self.max_attempts_limit,
         }
+    }
+}
+
+/// Authentication (README "Authentication"): off unless a key is given. Then every
+/// JobLedger call needs `authorization: Bearer <JWT>`; health and reflection stay open.
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Authentication")]
+pub struct AuthArgs {
+    /// Shared secret verifying HS256 tokens (at least 32 bytes). Prefer the variable:
+    /// a flag shows in the process list.
+    #[arg(long, env = "JOBLEDGER_AUTH_HS256_SECRET", hide_env_values = true)]
+    pub auth_hs256_secret: Option<Secret>,
+    /// PEM file of a public key verifying RS256 (RSA) or ES256 (P-256) tokens.
+    #[arg(long, env = "JOBLEDGER_AUTH_PUBLIC_KEY_FILE")]
+    pub auth_public_key_file: Option<std::path::PathBuf>,
+    /// JWKS file (`{"keys": [...]}`) of RS256/ES256 public keys, chosen by the token's `kid`.
+    #[arg(long, env = "JOBLEDGER_AUTH_JWKS_FILE")]
+    pub auth_jwks_file: Option<std::path::PathBuf>,
+    /// Required `iss` of tokens (not checked when unset).
+    #[arg(long, env = "JOBLEDGER_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+    /// Required `aud` of tokens (not checked when unset).
+    #[arg(long, env = "JOBLEDGER_AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+    /// Claim holding the caller's org id; a dotted path reaches into objects
+    /// (`app_metadata.org_id`).
+    #[arg(long, env = "JOBLEDGER_AUTH_ORG_CLAIM", default_value = "org_id")]
+    pub auth_org_claim: String,
+    /// Clock skew allowed when checking `exp` and `nbf`, in seconds.
+    #[arg(long, env = "JOBLEDGER_AUTH_LEEWAY_SECS", default_value_t = 60)]
+    pub auth_leeway_secs: u64,
+}
+
+/// A secret setting: its `Debug` never shows the value.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(s.to_owned()))
     }
 }
 

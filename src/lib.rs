@@ -6,6 +6,7 @@
 //! `health` probes the database.
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod check;
 pub mod cli;

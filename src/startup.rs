@@ -9,12 +9,14 @@ use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{
+    service::interceptor::InterceptedService,
     transport::{server::TcpIncoming, Server},
     Code, Status,
 };
 use tonic_types::ErrorDetails;
 
 use crate::api::{error::status_with, LedgerService};
+use crate::auth::{AuthInterceptor, Verifier};
 use crate::config::ServeArgs;
 use crate::feed::{self, Feed};
 use crate::health::{probe_loop, HealthState};
@@ -27,6 +29,7 @@ pub struct Application {
     options: PgConnectOptions,
     store: Store,
     args: ServeArgs,
+    auth: Option<Verifier>,
 }
 
 impl Application {
@@ -42,6 +45,11 @@ impl Application {
             user = options.get_username(),
             "using database"
         );
+        // Key files are read before the database is prepared: a bad one stops start-up at once.
+        let auth = Verifier::from_args(&args.auth)?;
+        if auth.is_some() {
+            tracing::info!("authentication on: JobLedger calls need a bearer token");
+        }
         prepare_with_retry(&options, &args).await?;
         let store = Store::connect_lazy(
             options.clone(),
@@ -60,6 +68,7 @@ impl Application {
             options,
             store,
             args,
+            auth,
         })
     }
 
@@ -113,6 +122,8 @@ impl Application {
         }
         let ledger =
             JobLedgerServer::new(service).max_decoding_message_size(args.max_request_bytes);
+        // Only the JobLedger service checks tokens: health and reflection stay open.
+        let ledger = InterceptedService::new(ledger, AuthInterceptor::new(self.auth));
 
         let (reflection_v1, reflection_v1alpha) = if args.reflection {
             let builder = || {

@@ -5,6 +5,7 @@
 mod helpers;
 mod pg_cluster;
 
+mod auth;
 mod batch;
 mod bench_smoke;
 mod create;
