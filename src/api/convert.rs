@@ -30,7 +30,7 @@ pub fn status_to_proto(s: JobStatus) -> proto::JobStatus {
 }
 
 /// A status a client sent: UNSPECIFIED and unknown numbers are violations.
-fn status_from_proto(v: &mut Violations, field: &str, value: i32) -> Option<JobStatus> {
+pub(super) fn status_from_proto(v: &mut Violations, field: &str, value: i32) -> Option<JobStatus> {
     match proto::JobStatus::try_from(value) {
         Ok(proto::JobStatus::Queued) => Some(JobStatus::Queued),
         Ok(proto::JobStatus::Running) => Some(JobStatus::Running),

@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod error;
+pub mod list;
 
 use std::pin::Pin;
 
@@ -142,6 +143,29 @@ impl JobLedger for LedgerService {
             )
             .collect();
         Ok(Response::new(proto::CreateJobsResponse { results }))
+    }
+
+    async fn list_jobs(
+        &self,
+        mut request: Request<proto::ListJobsRequest>,
+    ) -> Result<Response<proto::ListJobsResponse>, Status> {
+        auth::scope(&mut request)?;
+        let list = list::list_jobs(request.get_ref(), &self.limits)?;
+        let page = self
+            .store
+            .list_jobs(&list.filter, list.after.as_ref(), list.page_size)
+            .await?;
+        Ok(Response::new(list::list_response(page)))
+    }
+
+    async fn count_jobs(
+        &self,
+        mut request: Request<proto::CountJobsRequest>,
+    ) -> Result<Response<proto::CountJobsResponse>, Status> {
+        auth::scope(&mut request)?;
+        let (org_id, job_type) = list::count_jobs(request.get_ref(), &self.limits)?;
+        let counts = self.store.count_jobs(org_id, job_type.as_deref()).await?;
+        Ok(Response::new(list::count_response(counts)))
     }
 
     type StreamEventsStream = EventStream;

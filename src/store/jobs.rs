@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::Store;
 use crate::ledger::{apply, Job, JobEvent, JobStatus, LedgerError, NewEvent, NewJob, Transition};
 
-const JOB_COLUMNS: &str = "id, org_id, type, status, attempt, max_attempts, priority, \
+pub(super) const JOB_COLUMNS: &str = "id, org_id, type, status, attempt, max_attempts, priority, \
      idempotency_key, requested_by, params, created_at, updated_at, started_at, finished_at, \
      last_error_code, last_error_message, stage, progress, result";
 
@@ -17,7 +17,7 @@ pub(super) const EVENT_COLUMNS: &str = "id, job_id, org_id, ts, prev_status, nex
      attempt, detail_json, seq, xid::text::int8 AS xid";
 
 #[derive(FromRow)]
-struct JobRow {
+pub(super) struct JobRow {
     id: Uuid,
     org_id: Uuid,
     #[sqlx(rename = "type")]
@@ -99,7 +99,7 @@ impl TryFrom<EventRow> for JobEvent {
     }
 }
 
-fn parse_status(s: &str) -> Result<JobStatus, LedgerError> {
+pub(super) fn parse_status(s: &str) -> Result<JobStatus, LedgerError> {
     JobStatus::from_db_str(s).ok_or_else(|| LedgerError::Internal {
         cause: format!("unknown status {s:?} in the database"),
     })

@@ -4,10 +4,12 @@ mod error;
 mod events;
 mod group;
 mod jobs;
+mod list;
 
 pub use events::{FeedPosition, FeedScope};
 pub use group::GroupCommit;
 pub use jobs::TransitionOutcome;
+pub use list::{JobPage, ListFilter, PageToken, TypeStatusCount};
 
 use std::time::Duration;
 

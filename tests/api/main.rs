@@ -14,6 +14,7 @@ mod get;
 mod health;
 mod invariants;
 mod lifecycle;
+mod list;
 mod stream;
 mod stream_faults;
 mod tenancy;
