@@ -10,6 +10,7 @@ mod batch;
 mod bench_smoke;
 mod create;
 mod errors;
+mod faults;
 mod get;
 mod health;
 mod invariants;
