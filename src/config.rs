@@ -29,7 +29,13 @@ pub struct Cli {
 
     /// Log format: `json` (one object per line) or `pretty`. Default: pretty on a
     /// terminal, json otherwise. Filter with RUST_LOG (default `info`).
-    #[arg(long, global = true, env = "JOBLEDGER_LOG_FORMAT", value_enum)]
+    #[arg(
+        long,
+        global = true,
+        env = "JOBLEDGER_LOG_FORMAT",
+        value_enum,
+        help_heading = "Logging"
+    )]
     pub log_format: Option<LogFormat>,
 }
 
@@ -49,6 +55,9 @@ pub enum Command {
     /// Verify the ledger's invariants over the whole database; exit 0 when all hold,
     /// 1 when any is violated, 2 when the database cannot be read.
     Check(crate::check::CheckArgs),
+    /// Zero-setup development server: a private PostgreSQL cluster of its own (initdb,
+    /// removed on exit) unless a database is configured; prints how to connect.
+    Dev(crate::dev::DevArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -219,6 +228,15 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    #[command(flatten)]
+    pub protection: ProtectionArgs,
+
+    #[command(flatten)]
+    pub metrics: crate::metrics::MetricsArgs,
 }
 
 /// Field limits (spec §3). Those of columns with a fixed width cannot exceed it.
@@ -303,6 +321,68 @@ pub struct AuthArgs {
     pub auth_leeway_secs: u64,
 }
 
+/// TLS on the gRPC port (docs/security.md): on when a certificate and its key are given;
+/// with a client CA, clients must present a certificate it signed (mutual TLS). Health
+/// and reflection are served on the same TLS port. Files are read at start-up.
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "TLS")]
+pub struct TlsArgs {
+    /// PEM certificate chain of the server, its own certificate first. Turns TLS on
+    /// (with --tls-key-file).
+    #[arg(long, env = "JOBLEDGER_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert-file (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    #[arg(long, env = "JOBLEDGER_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// PEM CA certificate(s): clients must present a certificate signed by one of them
+    /// (mutual TLS); without one the handshake fails.
+    #[arg(long, env = "JOBLEDGER_TLS_CLIENT_CA_FILE", requires = "tls_cert_file")]
+    pub tls_client_ca_file: Option<std::path::PathBuf>,
+    /// How long a client may take to complete the TLS handshake, in ms.
+    #[arg(long, env = "JOBLEDGER_TLS_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub tls_handshake_timeout_ms: u64,
+}
+
+/// Protection of the server from its clients (docs/security.md).
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Connections and load")]
+pub struct ProtectionArgs {
+    /// Most unary JobLedger calls in progress at once in this process; more are refused
+    /// at once with RESOURCE_EXHAUSTED (TOO_MANY_REQUESTS). StreamEvents (see
+    /// --max-streams), health and reflection do not count. 0 = no cap.
+    #[arg(long, env = "JOBLEDGER_MAX_INFLIGHT_REQUESTS", default_value_t = 1000)]
+    pub max_inflight_requests: u32,
+    /// Most concurrent calls (streams included) on one HTTP/2 connection
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS); a client's further calls wait for a free slot.
+    #[arg(long, env = "JOBLEDGER_MAX_CONCURRENT_STREAMS_PER_CONNECTION", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams_per_connection: u32,
+    /// The server PINGs each connection this often and closes it when the PING is not
+    /// answered within --http2-keepalive-timeout-ms (dead peers, half-open connections),
+    /// in ms. 0 = no PINGs.
+    #[arg(
+        long,
+        env = "JOBLEDGER_HTTP2_KEEPALIVE_INTERVAL_MS",
+        default_value_t = 60_000
+    )]
+    pub http2_keepalive_interval_ms: u64,
+    /// How long a keepalive PING may go unanswered before the connection is closed, in ms.
+    #[arg(long, env = "JOBLEDGER_HTTP2_KEEPALIVE_TIMEOUT_MS", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub http2_keepalive_timeout_ms: u64,
+    /// A connection this old gets an HTTP/2 GOAWAY: its open calls finish, new calls go
+    /// over a new connection, so clients spread over replicas again. In ms; 0 = never.
+    /// (tonic clients fail a call that meets the GOAWAY with CANCELLED; it did not run.)
+    #[arg(long, env = "JOBLEDGER_MAX_CONNECTION_AGE_MS", default_value_t = 0)]
+    pub max_connection_age_ms: u64,
+    /// How long calls still open on a connection past its maximum age may go on before
+    /// the connection is closed under them (they fail with UNAVAILABLE; streams resume
+    /// from their last cursor), in ms. Unset: they may go on for ever.
+    #[arg(long, env = "JOBLEDGER_MAX_CONNECTION_AGE_GRACE_MS")]
+    pub max_connection_age_grace_ms: Option<u64>,
+}
+
 /// A secret setting: its `Debug` never shows the value.
 #[derive(Clone)]
 pub struct Secret(String);
@@ -361,6 +441,9 @@ impl ServeArgs {
     pub fn for_database(database_url: &str) -> ServeArgs {
         let mut args = Cli::parse_from(["jobledger"]).serve;
         args.database.database_url = Some(database_url.to_owned());
+        // Metrics on loopback at a free port (`Application::metrics_addr`), so that
+        // servers side by side do not contend for the default port.
+        args.metrics.addr = Some(crate::metrics::MetricsAddr::At(([127, 0, 0, 1], 0).into()));
         args
     }
 }

@@ -86,6 +86,7 @@ pub async fn probe_loop(
     interval: Duration,
     timeout: Duration,
     stop: CancellationToken,
+    metrics: crate::metrics::Metrics,
 ) {
     let options = options
         .application_name("jobledger-health")
@@ -110,6 +111,7 @@ pub async fn probe_loop(
                 conn = None;
             }
         }
+        metrics.record_probe(ok.is_ok(), started.elapsed());
         state.record(ok.is_ok()).await;
     }
     state.shut_down().await;

@@ -11,13 +11,17 @@ pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod dev;
 pub mod feed;
 pub mod health;
 pub mod ledger;
 pub mod legacy;
+pub mod metrics;
+pub mod protection;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 /// The generated `jobledger.v1` types, client and server.
 pub mod proto {

@@ -12,7 +12,7 @@ use jobledger::{
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| cli::exit_on_parse_error(e));
     match cli.command {
         Some(Command::Health(args)) => return cli::health(args).await,
         Some(Command::Job(args)) => return cli::job(args).await,
@@ -22,15 +22,24 @@ async fn main() -> ExitCode {
         Some(Command::Migrate(args)) if args.action.is_some() => return migrate_legacy(args).await,
         _ => {}
     }
-    telemetry::init(cli.log_format);
+    let telemetry = match telemetry::init_from_env(cli.log_format) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Some(Command::Migrate(args)) => migrate(args).await,
         Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Dev(args)) => jobledger::dev::run(args, shutdown_signal()).await,
         None => serve(cli.serve).await,
         Some(Command::Health(_) | Command::Job(_) | Command::Bench(_) | Command::Check(_)) => {
             unreachable!("handled above")
         }
     };
+    // The spans of the last calls are still queued: send them before exiting.
+    telemetry.shutdown().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

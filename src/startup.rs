@@ -20,8 +20,11 @@ use crate::auth::{AuthInterceptor, Verifier};
 use crate::config::ServeArgs;
 use crate::feed::{self, Feed};
 use crate::health::{probe_loop, HealthState};
+use crate::metrics::{self, Metrics, RpcMetricsLayer};
+use crate::protection::{AgedConnection, InflightLimit};
 use crate::proto::{self, job_ledger_server::JobLedgerServer};
 use crate::store::{self, GroupCommit, PoolSettings, Store};
+use crate::tls::ServerTls;
 
 pub struct Application {
     listener: TcpListener,
@@ -30,6 +33,10 @@ pub struct Application {
     store: Store,
     args: ServeArgs,
     auth: Option<Verifier>,
+    tls: Option<ServerTls>,
+    metrics: Metrics,
+    metrics_listener: Option<TcpListener>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Application {
@@ -50,12 +57,32 @@ impl Application {
         if auth.is_some() {
             tracing::info!("authentication on: JobLedger calls need a bearer token");
         }
+        // So are the TLS files, and the protection settings are checked.
+        let tls = ServerTls::from_args(&args.tls)?;
+        match tls.as_ref().map(|t| t.client_ca_file()) {
+            Some(Some(ca)) => tracing::info!(
+                client_ca_file = %ca.display(),
+                "mutual TLS on: clients need a certificate signed by the client CA"
+            ),
+            Some(None) => tracing::info!("TLS on: plaintext connections are refused"),
+            None => tracing::info!("TLS off: the port speaks plaintext HTTP/2"),
+        }
+        args.protection.check()?;
+        // The metrics port too: one given explicitly that cannot be bound stops start-up.
+        let default_metrics_addr = metrics::DEFAULT_ADDR.parse()?;
+        let metrics_listener = metrics::bind(args.metrics.addr, default_metrics_addr).await?;
+        let metrics_addr = match &metrics_listener {
+            Some(listener) => Some(listener.local_addr()?),
+            None => None,
+        };
+        let metrics = Metrics::new(args.metrics.max_job_types.into());
         prepare_with_retry(&options, &args).await?;
         let store = Store::connect_lazy(
             options.clone(),
             &PoolSettings {
                 size: args.pool_size,
                 acquire_timeout: args.acquire_timeout(),
+                statement_timeout: args.statement_timeout(),
             },
         );
         let listener = TcpListener::bind(args.listen_addr)
@@ -69,7 +96,16 @@ impl Application {
             store,
             args,
             auth,
+            tls,
+            metrics,
+            metrics_listener,
+            metrics_addr,
         })
+    }
+
+    /// Where `GET /metrics` is served (None: metrics off).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -97,6 +133,7 @@ impl Application {
             args.probe_interval(),
             args.probe_timeout(),
             stop.clone(),
+            self.metrics.clone(),
         ));
 
         let (feed, announcements) =
@@ -112,7 +149,22 @@ impl Application {
             feed.wakeups(),
             stop.clone(),
         ));
-        let mut service = LedgerService::new(self.store.clone(), feed, args.limits.limits());
+        // Metrics are served until the drain is over: it shows streams closing.
+        let metrics_stop = CancellationToken::new();
+        // Also stopped when this returns early on an error.
+        let _stop_metrics_on_return = metrics_stop.clone().drop_guard();
+        let metrics_server = self.metrics_listener.map(|listener| {
+            tokio::spawn(metrics::serve(
+                listener,
+                self.metrics.clone(),
+                self.store.clone(),
+                feed.clone(),
+                args.metrics.job_count_interval(),
+                metrics_stop.clone(),
+            ))
+        });
+        let mut service = LedgerService::new(self.store.clone(), feed, args.limits.limits())
+            .with_metrics(self.metrics.clone());
         if args.group_commit_writers > 0 {
             service = service.with_group_commit(GroupCommit::start(
                 self.store.clone(),
@@ -144,11 +196,30 @@ impl Application {
         let incoming = TcpIncoming::from(self.listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(std::time::Duration::from_secs(60)));
+        // A connection past its maximum age plus grace is cut under its open calls.
+        let lifetime = args.protection.connection_deadline();
+        let incoming = tokio_stream::StreamExt::map(incoming, move |accepted| {
+            accepted.map(|tcp| AgedConnection::new(tcp, lifetime))
+        });
+        let mut server = args.protection.apply(Server::builder());
+        if let Some(tls) = &self.tls {
+            server = tls.apply(server)?;
+        }
+        let inflight = InflightLimit::new(
+            args.protection.max_inflight_requests,
+            proto::FILE_DESCRIPTOR_SET,
+        )?;
         let server_stop = stop.clone();
-        let serve = Server::builder()
+        let serve = server
+            // Outermost: it records the status the client gets.
+            .layer(RpcMetricsLayer::new(&self.metrics))
+            // A span per call (parent: the caller's traceparent), x-trace-id, a log line;
+            // outside the layers that change statuses, so it records what the client gets.
+            .layer(crate::telemetry::RpcTraceLayer)
             .layer(tower::util::MapResponseLayer::new(
                 client_errors_are_not_internal,
             ))
+            .layer(inflight)
             .add_service(health_service)
             .add_service(ledger)
             .add_optional_service(reflection_v1)
@@ -171,6 +242,14 @@ impl Application {
                     Err(_) => tracing::warn!("drain timeout reached; closing remaining calls"),
                 }
                 tracing::info!(elapsed = ?started.elapsed(), "drained");
+            }
+        }
+        metrics_stop.cancel();
+        if let Some(mut server) = metrics_server {
+            // A scraper's connection does not hold up the exit for long.
+            let limit = std::time::Duration::from_secs(1);
+            if tokio::time::timeout(limit, &mut server).await.is_err() {
+                server.abort();
             }
         }
         probe.await.ok();

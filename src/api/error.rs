@@ -117,6 +117,9 @@ impl From<LedgerError> for Status {
                 details.set_retry_info(Some(std::time::Duration::from_millis(100)));
                 (Code::Unavailable, "SHUTTING_DOWN", HashMap::new())
             }
+            LedgerError::DeadlineExceeded => {
+                (Code::DeadlineExceeded, "DEADLINE_EXCEEDED", HashMap::new())
+            }
             LedgerError::Unavailable { cause } => {
                 tracing::warn!(%cause, "database unavailable");
                 details.set_retry_info(Some(std::time::Duration::from_millis(500)));

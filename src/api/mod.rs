@@ -2,6 +2,7 @@
 //! The only module that builds `tonic::Status` (with `auth`, through `error::status_with`).
 
 pub mod convert;
+pub mod deadline;
 pub mod error;
 pub mod list;
 
@@ -20,14 +21,16 @@ use crate::store::{GroupCommit, Store};
 #[derive(Clone)]
 pub struct LedgerService {
     store: Store,
-    /// CreateJob's path when group commit is on.
+    /// CreateJob's and TransitionJob's path when group commit is on.
     group_commit: Option<GroupCommit>,
     feed: Feed,
     limits: Limits,
+    metrics: crate::metrics::Metrics,
 }
 
 impl LedgerService {
-    /// Writes concurrent CreateJob calls together (see `store::GroupCommit`).
+    /// Writes concurrent CreateJob calls together, and concurrent TransitionJob calls
+    /// together (see `store::GroupCommit`).
     pub fn with_group_commit(mut self, group_commit: GroupCommit) -> Self {
         self.group_commit = Some(group_commit);
         self
@@ -39,7 +42,14 @@ impl LedgerService {
             group_commit: None,
             feed,
             limits,
+            metrics: Default::default(),
         }
+    }
+
+    /// Counts transitions into `metrics` (the ones `/metrics` serves).
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -83,10 +93,18 @@ impl JobLedger for LedgerService {
         mut request: Request<proto::TransitionJobRequest>,
     ) -> Result<Response<proto::TransitionJobResponse>, Status> {
         auth::scope(&mut request)?;
+        let deadline = deadline::from_metadata(request.metadata());
         let transition = convert::transition(request.into_inner(), &self.limits)?;
-        let outcome = self.store.transition_job(&transition).await?;
-        // (A request_id replay announces again: harmless, its subscribers find nothing new.)
-        self.feed.announce(outcome.job.org_id, outcome.job.id);
+        let outcome = match &self.group_commit {
+            Some(group) => group.transition_job(transition, deadline).await?,
+            None => self.store.transition_job(&transition, deadline).await?,
+        };
+        // A request_id replay wrote nothing: nothing to announce or count.
+        if !outcome.replayed {
+            self.feed.announce(outcome.job.org_id, outcome.job.id);
+            self.metrics
+                .record_transitions(&outcome.job.job_type, &outcome.events);
+        }
         Ok(Response::new(proto::TransitionJobResponse {
             job: Some(convert::job_to_proto(&outcome.job)),
             events: outcome.events.iter().map(convert::event_to_proto).collect(),
@@ -150,10 +168,11 @@ impl JobLedger for LedgerService {
         mut request: Request<proto::ListJobsRequest>,
     ) -> Result<Response<proto::ListJobsResponse>, Status> {
         auth::scope(&mut request)?;
+        let deadline = deadline::from_metadata(request.metadata());
         let list = list::list_jobs(request.get_ref(), &self.limits)?;
         let page = self
             .store
-            .list_jobs(&list.filter, list.after.as_ref(), list.page_size)
+            .list_jobs(&list.filter, list.after.as_ref(), list.page_size, deadline)
             .await?;
         Ok(Response::new(list::list_response(page)))
     }
@@ -163,8 +182,12 @@ impl JobLedger for LedgerService {
         mut request: Request<proto::CountJobsRequest>,
     ) -> Result<Response<proto::CountJobsResponse>, Status> {
         auth::scope(&mut request)?;
+        let deadline = deadline::from_metadata(request.metadata());
         let (org_id, job_type) = list::count_jobs(request.get_ref(), &self.limits)?;
-        let counts = self.store.count_jobs(org_id, job_type.as_deref()).await?;
+        let counts = self
+            .store
+            .count_jobs(org_id, job_type.as_deref(), deadline)
+            .await?;
         Ok(Response::new(list::count_response(counts)))
     }
 

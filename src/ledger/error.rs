@@ -58,6 +58,11 @@ pub enum LedgerError {
     #[error("server shutting down; resume from the last cursor received")]
     ShuttingDown,
 
+    /// The caller's deadline passed while the database was still working for it; the
+    /// database work was cancelled and nothing was written.
+    #[error("the call's deadline passed before the database finished; nothing was written")]
+    DeadlineExceeded,
+
     #[error("database unavailable, retry later")]
     Unavailable { cause: String },
 

@@ -1,91 +1,185 @@
-//! Group commit for CreateJob. Calls that arrive while earlier ones are being written
-//! queue up; the next free writer takes everything queued (up to a cap) and writes it
-//! with `Store::create_jobs`: one statement, one commit, each caller answered after that
-//! commit with exactly the outcome its own CreateJob would have had (idempotency
-//! included). Nothing waits for a batch to fill: a lone call is written at once, alone.
+//! Group commit for CreateJob and TransitionJob. Calls that arrive while earlier ones are
+//! being written queue up; the next free writer takes everything queued (up to a cap)
+//! and writes it in one transaction: each caller is answered after that commit with
+//! exactly the outcome its own call would have had (idempotency, request_id replays and
+//! the state machine's refusals included; one bad call never fails its neighbours).
+//! Nothing waits for a batch to fill: a lone call is written at once, alone (a lone
+//! CreateJob on the same path as without group commit; a lone TransitionJob on the
+//! batch path, which never waits for a lock).
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc, time::Instant};
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::{jobs::CreateOutcome, Store};
-use crate::ledger::{LedgerError, NewJob};
+use super::{jobs::CreateOutcome, Store, TransitionResult};
+use crate::ledger::{LedgerError, NewJob, Transition};
 
-type Pending = (NewJob, oneshot::Sender<CreateOutcome>);
+type Pending<T, R> = (T, oneshot::Sender<R>);
 
-/// The CreateJob front of the store when group commit is on.
-#[derive(Clone, Debug)]
-pub struct GroupCommit {
-    queue: mpsc::Sender<Pending>,
+/// A queue drained by writer tasks, each taking whatever is queued as one batch.
+#[derive(Debug)]
+struct Batcher<T, R> {
+    queue: mpsc::Sender<Pending<T, R>>,
 }
 
-impl GroupCommit {
-    /// Starts `writers` writer tasks (each holds at most one pool connection at a time)
-    /// writing at most `max_batch` jobs per statement.
-    pub fn start(store: Store, writers: usize, max_batch: usize) -> GroupCommit {
-        let (queue, rx) = mpsc::channel::<Pending>(max_batch.max(1) * writers.max(1) * 4);
+impl<T, R> Clone for Batcher<T, R> {
+    fn clone(&self) -> Self {
+        Batcher {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
+    /// `writers` tasks, each holding at most one batch (and so one transaction) at a time.
+    fn start<F, Fut>(writers: usize, max_batch: usize, write: F) -> Self
+    where
+        F: Fn(Vec<Pending<T, R>>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let max_batch = max_batch.max(1);
+        let (queue, rx) = mpsc::channel::<Pending<T, R>>(max_batch * writers.max(1) * 4);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..writers.max(1) {
-            tokio::spawn(write_batches(store.clone(), rx.clone(), max_batch.max(1)));
+            let (rx, write) = (rx.clone(), write.clone());
+            tokio::spawn(async move {
+                while let Some(batch) = next_batch(&rx, max_batch).await {
+                    write(batch).await;
+                }
+            });
         }
-        GroupCommit { queue }
+        Batcher { queue }
     }
 
-    pub async fn create_job(&self, new: NewJob) -> CreateOutcome {
+    async fn submit(&self, item: T) -> Result<R, LedgerError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send((new, reply))
+            .send((item, reply))
             .await
             .map_err(|_| LedgerError::ShuttingDown)?;
         answer.await.map_err(|_| LedgerError::Internal {
             cause: "group commit writer went away".into(),
-        })?
+        })
     }
 }
 
-async fn write_batches(store: Store, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batch: usize) {
+/// Waits for the first queued call, then takes what else is queued (under the lock, so
+/// the next writer collects while this one writes). Calls whose caller has gone (deadline
+/// passed, cancelled) are dropped unwritten. None when the queue is closed.
+async fn next_batch<T, R>(
+    rx: &Mutex<mpsc::Receiver<Pending<T, R>>>,
+    max_batch: usize,
+) -> Option<Vec<Pending<T, R>>> {
+    let mut rx = rx.lock().await;
     loop {
-        // Collect under the lock (wait for the first, take what else is queued), write
-        // without it, so the next writer collects while this one writes.
-        let mut batch = Vec::new();
-        {
-            let mut rx = rx.lock().await;
-            match rx.recv().await {
-                Some(first) => batch.push(first),
-                None => return,
-            }
-            while batch.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
+        let mut batch = vec![rx.recv().await?];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
             }
         }
-        let (jobs, replies): (Vec<NewJob>, Vec<_>) = batch.into_iter().unzip();
-        if jobs.len() == 1 {
-            let outcome = store.create_job(&jobs[0]).await;
+        batch.retain(|(_, reply)| !reply.is_closed());
+        if !batch.is_empty() {
+            return Some(batch);
+        }
+    }
+}
+
+/// The CreateJob and TransitionJob front of the store when group commit is on.
+#[derive(Clone, Debug)]
+pub struct GroupCommit {
+    creates: Batcher<NewJob, CreateOutcome>,
+    transitions: Batcher<(Transition, Option<Instant>), TransitionResult>,
+}
+
+impl GroupCommit {
+    /// Starts `writers` writer tasks for each kind of call (each holds at most one pool
+    /// connection at a time), writing at most `max_batch` calls per transaction.
+    pub fn start(store: Store, writers: usize, max_batch: usize) -> GroupCommit {
+        let creates = {
+            let store = store.clone();
+            Batcher::start(writers, max_batch, move |batch| {
+                write_creates(store.clone(), batch)
+            })
+        };
+        let transitions = Batcher::start(writers, max_batch, move |batch| {
+            write_transitions(store.clone(), batch)
+        });
+        GroupCommit {
+            creates,
+            transitions,
+        }
+    }
+
+    pub async fn create_job(&self, new: NewJob) -> CreateOutcome {
+        self.creates.submit(new).await?
+    }
+
+    pub async fn transition_job(
+        &self,
+        t: Transition,
+        deadline: Option<Instant>,
+    ) -> TransitionResult {
+        self.transitions.submit((t, deadline)).await?
+    }
+}
+
+async fn write_creates(store: Store, batch: Vec<Pending<NewJob, CreateOutcome>>) {
+    let (jobs, replies): (Vec<NewJob>, Vec<_>) = batch.into_iter().unzip();
+    if jobs.len() == 1 {
+        let outcome = store.create_job(&jobs[0]).await;
+        for reply in replies {
+            let _ = reply.send(outcome.clone());
+        }
+        return;
+    }
+    match store.create_jobs(&jobs).await {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+        }
+        // A value PostgreSQL refused (validation should have caught it) fails the whole
+        // statement: write each on its own, so it fails only its own caller.
+        Err(LedgerError::InvalidArgument(_)) => {
+            for (job, reply) in jobs.iter().zip(replies) {
+                let _ = reply.send(store.create_job(job).await);
+            }
+        }
+        Err(e) => {
             for reply in replies {
-                let _ = reply.send(outcome.clone());
+                let _ = reply.send(Err(e.clone()));
             }
-            continue;
         }
-        match store.create_jobs(&jobs).await {
-            Ok(outcomes) => {
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(outcome);
-                }
+    }
+}
+
+async fn write_transitions(
+    store: Store,
+    batch: Vec<Pending<(Transition, Option<Instant>), TransitionResult>>,
+) {
+    // A lone call takes the batch path too: it never waits for a lock, so a busy job
+    // never stalls this writer (and the calls queued behind it).
+    let transitions: Vec<Transition> = batch.iter().map(|((t, _), _)| t.clone()).collect();
+    let results = match store.transition_jobs(&transitions).await {
+        Ok(results) => results,
+        // As for creates: each alone, so a refused value fails only its own caller.
+        Err(LedgerError::InvalidArgument(_)) => vec![None; batch.len()],
+        Err(e) => vec![Some(Err(e)); batch.len()],
+    };
+    for (((t, deadline), reply), result) in batch.into_iter().zip(results) {
+        match result {
+            Some(result) => {
+                let _ = reply.send(result);
             }
-            // A value PostgreSQL refused (validation should have caught it) fails the
-            // whole statement: write each on its own, so it fails only its own caller.
-            Err(LedgerError::InvalidArgument(_)) => {
-                for (job, reply) in jobs.iter().zip(replies) {
-                    let _ = reply.send(store.create_job(job).await);
-                }
-            }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
+            // Alone, on a task of its own: it may wait for a busy job's lock (up to its
+            // deadline), and this writer must not wait with it.
+            None => {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(store.transition_job(&t, deadline).await);
+                });
             }
         }
     }

@@ -7,7 +7,7 @@ use sqlx::{types::Json, FromRow};
 use uuid::Uuid;
 
 use super::Store;
-use crate::ledger::{apply, Job, JobEvent, JobStatus, LedgerError, NewEvent, NewJob, Transition};
+use crate::ledger::{Job, JobEvent, JobStatus, LedgerError, NewJob};
 
 pub(super) const JOB_COLUMNS: &str = "id, org_id, type, status, attempt, max_attempts, priority, \
      idempotency_key, requested_by, params, created_at, updated_at, started_at, finished_at, \
@@ -105,31 +105,8 @@ pub(super) fn parse_status(s: &str) -> Result<JobStatus, LedgerError> {
     })
 }
 
-/// What an applied `request_id` recorded.
-#[derive(FromRow)]
-struct RecordedRequest {
-    to_status: String,
-    job_snapshot: Json<Job>,
-    event_ids: Vec<Uuid>,
-}
-
-/// The current row of a job, locked, with the database's clock read after the lock.
-#[derive(FromRow)]
-struct LockedJob {
-    #[sqlx(flatten)]
-    job: JobRow,
-    now: DateTime<Utc>,
-}
-
 /// What creating one job came to: the job and whether this call created it, or why not.
 pub type CreateOutcome = Result<(Job, bool), LedgerError>;
-
-/// The outcome of a transition: the job after it and the events it wrote.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TransitionOutcome {
-    pub job: Job,
-    pub events: Vec<JobEvent>,
-}
 
 impl Store {
     /// Creates a job and its creation event, or returns the job that already holds the
@@ -213,179 +190,6 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.ok_or(LedgerError::NotFound { job_id })?.try_into()
-    }
-
-    /// Applies a transition under the job's row lock: concurrent transitions of one job
-    /// run one after another, each seeing the previous one's result.
-    #[tracing::instrument(skip_all, fields(org_id = %t.org_id, job_id = %t.job_id, to = %t.to))]
-    pub async fn transition_job(&self, t: &Transition) -> Result<TransitionOutcome, LedgerError> {
-        let mut tx = self.pool.begin().await?;
-        // Writers of one job are serialized by a transaction-level advisory lock taken
-        // *before* the row lock. Waiting for a row lock already assigns a transaction id,
-        // so with the row lock alone, waiters could commit in a different order than
-        // their ids; an advisory lock assigns none, so ids are taken in lock order, which
-        // is commit order. The event feed relies on it: a job's events sort by
-        // (xid, seq) in the order they were committed.
-        // clock_timestamp(), not now(): a call that waited for the lock must not stamp
-        // its event earlier than the one it waited for.
-        let locked: Option<LockedJob> = sqlx::query_as(&format!(
-            "WITH serialized AS (SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0)))
-             SELECT {JOB_COLUMNS}, clock_timestamp() AS now
-             FROM serialized, job WHERE id = $1 AND org_id = $2 FOR UPDATE OF job"
-        ))
-        .bind(t.job_id)
-        .bind(t.org_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(locked) = locked else {
-            return Err(LedgerError::NotFound { job_id: t.job_id });
-        };
-        if let Some(request_id) = &t.request_id {
-            // A statement of its own, after the lock: under READ COMMITTED it gets a
-            // fresh snapshot and so sees the outcome recorded by a concurrent call with
-            // the same request_id that held the lock before us. (Joined into the locking
-            // statement, it would be read from that statement's older snapshot.)
-            let recorded: Option<RecordedRequest> = sqlx::query_as(
-                "SELECT to_status, job_snapshot, event_ids FROM job_transition_request
-                 WHERE job_id = $1 AND request_id = $2",
-            )
-            .bind(t.job_id)
-            .bind(request_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(recorded) = recorded {
-                drop(tx);
-                return self.replay(t, recorded).await;
-            }
-        }
-        let job: Job = locked.job.try_into()?;
-        // Events of a job are in time order even if the clocks of two calls disagree.
-        let now = locked.now.max(job.updated_at);
-        let applied = apply(&job, t, now)?;
-        let events = self
-            .write_transition(&mut tx, t, &applied.job, &applied.events, now)
-            .await?;
-        tx.commit().await?;
-        Ok(TransitionOutcome {
-            job: applied.job,
-            events,
-        })
-    }
-
-    /// Writes the job's new state, its events and (with a `request_id`) the recorded
-    /// outcome in one statement.
-    async fn write_transition(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        t: &Transition,
-        job: &Job,
-        new_events: &[NewEvent],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<JobEvent>, LedgerError> {
-        let ids: Vec<Uuid> = new_events.iter().map(|_| Uuid::new_v4()).collect();
-        let prev: Vec<&str> = new_events
-            .iter()
-            .map(|e| e.prev_status.as_db_str())
-            .collect();
-        let next: Vec<&str> = new_events
-            .iter()
-            .map(|e| e.next_status.as_db_str())
-            .collect();
-        let attempts: Vec<i32> = new_events.iter().map(|e| e.attempt).collect();
-        let details: Vec<Value> = new_events
-            .iter()
-            .map(|e| Value::Object(e.detail.clone()))
-            .collect();
-        let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(
-            "WITH updated AS (
-                UPDATE job SET status = $2, attempt = $3, updated_at = $4, started_at = $5,
-                    finished_at = $6, last_error_code = $7, last_error_message = $8,
-                    stage = $9, progress = $10, result = $11
-                WHERE id = $1
-             ), recorded AS (
-                INSERT INTO job_transition_request (job_id, request_id, to_status,
-                                                    job_snapshot, event_ids)
-                SELECT $1, $17, $18, $19, $12 WHERE $17::text IS NOT NULL
-             )
-             INSERT INTO job_event (id, job_id, org_id, ts, prev_status, next_status, attempt,
-                                    detail_json)
-             SELECT e.id, $1, $20, $4, e.prev, e.next, e.attempt, e.detail
-             FROM unnest($12::uuid[], $13::text[], $14::text[], $15::int[], $16::jsonb[])
-                  WITH ORDINALITY AS e(id, prev, next, attempt, detail, n)
-             ORDER BY e.n
-             RETURNING id, seq, xid::text::int8",
-        )
-        .bind(job.id)
-        .bind(job.status.as_db_str())
-        .bind(job.attempt)
-        .bind(now)
-        .bind(job.started_at)
-        .bind(job.finished_at)
-        .bind(&job.last_error_code)
-        .bind(&job.last_error_message)
-        .bind(&job.stage)
-        .bind(job.progress)
-        .bind(job.result.as_ref().map(Json))
-        .bind(&ids)
-        .bind(&prev)
-        .bind(&next)
-        .bind(&attempts)
-        .bind(&details)
-        .bind(&t.request_id)
-        .bind(t.to.as_db_str())
-        .bind(Json(job))
-        .bind(job.org_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut events: Vec<JobEvent> = new_events
-            .iter()
-            .zip(&ids)
-            .map(|(e, id)| {
-                let (seq, xid) = rows
-                    .iter()
-                    .find(|(rid, _, _)| rid == id)
-                    .map(|(_, seq, xid)| (*seq, *xid))
-                    .unwrap_or_default();
-                JobEvent {
-                    id: *id,
-                    job_id: job.id,
-                    org_id: job.org_id,
-                    ts: now,
-                    prev_status: Some(e.prev_status),
-                    next_status: e.next_status,
-                    attempt: e.attempt,
-                    detail: Some(Value::Object(e.detail.clone())),
-                    seq,
-                    xid,
-                }
-            })
-            .collect();
-        events.sort_by_key(|e| e.seq);
-        Ok(events)
-    }
-
-    /// The recorded outcome of an applied `request_id`; nothing is written.
-    async fn replay(
-        &self,
-        t: &Transition,
-        recorded: RecordedRequest,
-    ) -> Result<TransitionOutcome, LedgerError> {
-        if recorded.to_status != t.to.as_db_str() {
-            return Err(LedgerError::RequestIdReused { job_id: t.job_id });
-        }
-        let rows: Vec<EventRow> = sqlx::query_as(&format!(
-            "SELECT {EVENT_COLUMNS} FROM job_event WHERE id = ANY($1) ORDER BY xid, seq"
-        ))
-        .bind(&recorded.event_ids)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(TransitionOutcome {
-            job: recorded.job_snapshot.0,
-            events: rows
-                .into_iter()
-                .map(JobEvent::try_from)
-                .collect::<Result<_, _>>()?,
-        })
     }
 
     /// Creates many jobs (CreateJobs): one statement inserts every job and its creation

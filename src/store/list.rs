@@ -6,13 +6,15 @@
 //! jobs it has not read yet: no job that existed when paging started is skipped or
 //! repeated (new jobs sort before the position and are simply not part of this walk).
 
+use std::time::Instant;
+
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::jobs::{parse_status, JobRow, JOB_COLUMNS};
-use super::Store;
+use super::{past_deadline, Store};
 use crate::ledger::{Job, JobStatus, LedgerError};
 
 /// Which jobs of an org a listing covers.
@@ -192,6 +194,7 @@ impl Store {
         filter: &ListFilter,
         after: Option<&PageToken>,
         page_size: usize,
+        deadline: Option<Instant>,
     ) -> Result<JobPage, LedgerError> {
         // Only the conditions in use are in the statement (rather than `$n IS NULL OR
         // ...`), so the planner sees each one and can use an index for it: the keyset
@@ -224,7 +227,18 @@ impl Store {
         }
         q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
             .push_bind(page_size as i64 + 1);
-        let rows: Vec<JobRow> = q.build_query_as().fetch_all(&self.pool).await?;
+        let query = q.build_query_as::<JobRow>();
+        let rows = past_deadline(
+            match self.deadline_transaction(deadline).await? {
+                Some(mut tx) => {
+                    let rows = query.fetch_all(&mut *tx).await;
+                    tx.commit().await.and(rows)
+                }
+                None => query.fetch_all(&self.pool).await,
+            }
+            .map_err(LedgerError::from),
+            deadline,
+        )?;
         let more = rows.len() > page_size;
         let jobs = rows
             .into_iter()
@@ -249,16 +263,26 @@ impl Store {
         &self,
         org_id: Uuid,
         job_type: Option<&str>,
+        deadline: Option<Instant>,
     ) -> Result<Vec<TypeStatusCount>, LedgerError> {
-        let rows: Vec<CountRow> = sqlx::query_as(
+        let query = sqlx::query_as::<_, CountRow>(
             "SELECT type::text AS type, status::text AS status, count(*) AS count
              FROM job WHERE org_id = $1 AND ($2::text IS NULL OR type = $2)
              GROUP BY type, status ORDER BY type, status",
         )
         .bind(org_id)
-        .bind(job_type)
-        .fetch_all(&self.pool)
-        .await?;
+        .bind(job_type);
+        let rows = past_deadline(
+            match self.deadline_transaction(deadline).await? {
+                Some(mut tx) => {
+                    let rows = query.fetch_all(&mut *tx).await;
+                    tx.commit().await.and(rows)
+                }
+                None => query.fetch_all(&self.pool).await,
+            }
+            .map_err(LedgerError::from),
+            deadline,
+        )?;
         rows.into_iter()
             .map(|r| {
                 Ok(TypeStatusCount {

@@ -5,18 +5,21 @@ mod events;
 mod group;
 mod jobs;
 mod list;
+mod transitions;
 
 pub use events::{FeedPosition, FeedScope};
 pub use group::GroupCommit;
-pub use jobs::TransitionOutcome;
 pub use list::{JobPage, ListFilter, PageToken, TypeStatusCount};
+pub use transitions::{TransitionOutcome, TransitionResult};
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
+use crate::ledger::LedgerError;
 use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
-    ConnectOptions, Connection, Executor, PgConnection, PgPool,
+    ConnectOptions, Connection, Executor, PgConnection, PgPool, Postgres, Transaction,
 };
 
 /// The migrations, embedded in the binary.
@@ -26,6 +29,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    /// The session's statement timeout; a call's deadline only ever shortens it.
+    statement_timeout: Duration,
 }
 
 /// How the request pool behaves.
@@ -34,6 +39,8 @@ pub struct PoolSettings {
     pub size: u32,
     /// How long a request waits for a connection before it gets UNAVAILABLE.
     pub acquire_timeout: Duration,
+    /// The statement timeout the connections were opened with (`tune_options`).
+    pub statement_timeout: Duration,
 }
 
 impl Store {
@@ -46,11 +53,57 @@ impl Store {
             .acquire_timeout(settings.acquire_timeout)
             .test_before_acquire(false)
             .connect_lazy_with(options);
-        Store { pool }
+        Store {
+            pool,
+            statement_timeout: settings.statement_timeout,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A transaction whose statements PostgreSQL cancels when the caller's deadline
+    /// passes (`SET LOCAL statement_timeout`, sent with the BEGIN in one round trip), so
+    /// the database stops working for a caller that is gone — a lock wait included.
+    /// None when there is no deadline or it is later than the configured statement
+    /// timeout (which then applies as always): run without a transaction of its own.
+    pub(crate) async fn deadline_transaction(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Transaction<'static, Postgres>>, LedgerError> {
+        let Some(deadline) = deadline else {
+            return Ok(None);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(LedgerError::DeadlineExceeded);
+        }
+        if left >= self.statement_timeout {
+            return Ok(None);
+        }
+        // statement_timeout is in whole milliseconds; 0 would mean "no timeout".
+        let ms = left.as_millis().max(1);
+        Ok(Some(
+            self.pool
+                .begin_with(format!("BEGIN; SET LOCAL statement_timeout = {ms}"))
+                .await?,
+        ))
+    }
+}
+
+/// A database failure once the caller's deadline has passed is the deadline's doing (the
+/// statement timeout it set cancelled the statement): the call failed with
+/// `DeadlineExceeded`, nothing written.
+pub(crate) fn past_deadline<T>(
+    result: Result<T, LedgerError>,
+    deadline: Option<Instant>,
+) -> Result<T, LedgerError> {
+    match result {
+        Err(LedgerError::Unavailable { .. }) if deadline.is_some_and(|d| Instant::now() >= d) => {
+            Err(LedgerError::DeadlineExceeded)
+        }
+        other => other,
     }
 }
 
