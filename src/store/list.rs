@@ -14,7 +14,7 @@ use sqlx::{FromRow, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::jobs::{parse_status, JobRow, JOB_COLUMNS};
-use super::{past_deadline, Store};
+use super::Store;
 use crate::ledger::{Job, JobStatus, LedgerError};
 
 /// Which jobs of an org a listing covers.
@@ -227,18 +227,9 @@ impl Store {
         }
         q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
             .push_bind(page_size as i64 + 1);
-        let query = q.build_query_as::<JobRow>();
-        let rows = past_deadline(
-            match self.deadline_transaction(deadline).await? {
-                Some(mut tx) => {
-                    let rows = query.fetch_all(&mut *tx).await;
-                    tx.commit().await.and(rows)
-                }
-                None => query.fetch_all(&self.pool).await,
-            }
-            .map_err(LedgerError::from),
-            deadline,
-        )?;
+        let rows = self
+            .fetch_all_within(q.build_query_as::<JobRow>(), deadline)
+            .await?;
         let more = rows.len() > page_size;
         let jobs = rows
             .into_iter()
@@ -272,17 +263,7 @@ impl Store {
         )
         .bind(org_id)
         .bind(job_type);
-        let rows = past_deadline(
-            match self.deadline_transaction(deadline).await? {
-                Some(mut tx) => {
-                    let rows = query.fetch_all(&mut *tx).await;
-                    tx.commit().await.and(rows)
-                }
-                None => query.fetch_all(&self.pool).await,
-            }
-            .map_err(LedgerError::from),
-            deadline,
-        )?;
+        let rows = self.fetch_all_within(query, deadline).await?;
         rows.into_iter()
             .map(|r| {
                 Ok(TypeStatusCount {

@@ -15,12 +15,13 @@ pub use transitions::{TransitionOutcome, TransitionResult};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use sqlx::{
+    postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow},
+    query::QueryAs,
+    ConnectOptions, Connection, Executor, FromRow, PgConnection, PgPool, Postgres, Transaction,
+};
 
 use crate::ledger::LedgerError;
-use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
-    ConnectOptions, Connection, Executor, PgConnection, PgPool, Postgres, Transaction,
-};
 
 /// The migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -89,6 +90,28 @@ impl Store {
                 .begin_with(format!("BEGIN; SET LOCAL statement_timeout = {ms}"))
                 .await?,
         ))
+    }
+}
+
+impl Store {
+    /// Runs a read-only query; with a caller's deadline, inside `deadline_transaction`,
+    /// so PostgreSQL stops it when the caller has gone.
+    pub(crate) async fn fetch_all_within<'q, O>(
+        &self,
+        query: QueryAs<'q, Postgres, O, PgArguments>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<O>, LedgerError>
+    where
+        O: for<'r> FromRow<'r, PgRow> + Send + Unpin,
+    {
+        let rows = match self.deadline_transaction(deadline).await? {
+            Some(mut tx) => {
+                let rows = query.fetch_all(&mut *tx).await;
+                tx.commit().await.and(rows)
+            }
+            None => query.fetch_all(&self.pool).await,
+        };
+        past_deadline(rows.map_err(LedgerError::from), deadline)
     }
 }
 
