@@ -20,6 +20,7 @@ mod invariants;
 mod lifecycle;
 mod list;
 mod metrics;
+mod model;
 mod protection;
 mod stream;
 mod stream_faults;
