@@ -1,28 +1,20 @@
--- TransitionJob's ceiling: the transaction a lone TransitionJob runs (src/store/
--- transitions.rs, `transition_jobs` with one call — the path every TransitionJob takes
--- with group commit on, the default) for a report without request_id: BEGIN, the
--- locking SELECT (try-lock, row lock skipping locked rows), the one statement that
--- updates the job and writes its event, COMMIT. A progress report (RUNNING -> RUNNING,
--- one event) on a random job of the njobs RUNNING jobs `jobledger bench compare` puts in
--- the table.
+-- TransitionJob's ceiling: the transaction a TransitionJob of its own runs
+-- (src/store/transitions.rs, `transition_alone`: with group commit on, the default, a call
+-- that arrives while no other TransitionJob is in flight runs exactly this) for a report
+-- without request_id: BEGIN, the locking SELECT (advisory lock, then the row lock), the one
+-- statement that updates the job and writes its event (the statement batches use too),
+-- COMMIT. A progress report (RUNNING -> RUNNING, one event) on a random job of the njobs
+-- RUNNING jobs `jobledger bench compare` puts in the table.
 \set n random(1, :njobs)
 \set progress random(0, 100)
 BEGIN;
-WITH wanted AS MATERIALIZED (
-    SELECT DISTINCT ON (h) id, org_id, h
-    FROM (SELECT w.id, w.org_id, hashtextextended(w.id::text, 0) AS h
-          FROM unnest(ARRAY[lpad(to_hex(:n::int8), 32, '0')::uuid],
-                      ARRAY['00000000-0000-0000-0000-000000000000'::uuid])
-               AS w(id, org_id)) AS w
-    ORDER BY h
- ), serialized AS MATERIALIZED (
-    SELECT id, org_id FROM wanted WHERE pg_try_advisory_xact_lock(h)
- )
- SELECT id, org_id, type, status, attempt, max_attempts, priority,
+WITH serialized AS (
+    SELECT pg_advisory_xact_lock(hashtextextended(lpad(to_hex(:n::int8), 32, '0')::uuid::text, 0)))
+SELECT id, org_id, type, status, attempt, max_attempts, priority,
      idempotency_key, requested_by, params, created_at, updated_at, started_at, finished_at,
      last_error_code, last_error_message, stage, progress, result, clock_timestamp() AS now
- FROM job WHERE (id, org_id) IN (SELECT id, org_id FROM serialized)
- FOR UPDATE OF job SKIP LOCKED;
+FROM serialized, job WHERE id = lpad(to_hex(:n::int8), 32, '0')::uuid
+    AND org_id = '00000000-0000-0000-0000-000000000000' FOR UPDATE OF job;
 WITH updated AS (
     UPDATE job SET status = u.status, attempt = u.attempt, updated_at = u.ts,
         started_at = u.started_at, finished_at = u.finished_at,

@@ -3,11 +3,19 @@
 //! and writes it in one transaction: each caller is answered after that commit with
 //! exactly the outcome its own call would have had (idempotency, request_id replays and
 //! the state machine's refusals included; one bad call never fails its neighbours).
-//! Nothing waits for a batch to fill: a lone call is written at once, alone (a lone
-//! CreateJob on the same path as without group commit; a lone TransitionJob on the
-//! batch path, which never waits for a lock).
+//! Nothing waits for a batch to fill. A call that arrives when no other call of its kind
+//! is in flight runs at once in its caller's task, on the same path as without group
+//! commit (no hand-off to a writer task: one caller is not slowed down); calls that
+//! arrive while others are in flight queue for the writers.
 
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
@@ -86,11 +94,35 @@ async fn next_batch<T, R>(
     }
 }
 
+/// Counts the calls of one kind in flight; a call that finds none runs inline.
+#[derive(Clone, Debug, Default)]
+struct InFlight(Arc<AtomicUsize>);
+
+/// One call counted in flight until dropped (answered, or abandoned by its caller).
+struct Counted<'a>(&'a AtomicUsize);
+
+impl InFlight {
+    /// Counts a call in; true when no other call of its kind was in flight.
+    fn enter(&self) -> (Counted<'_>, bool) {
+        let before = self.0.fetch_add(1, Ordering::AcqRel);
+        (Counted(&self.0), before == 0)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The CreateJob and TransitionJob front of the store when group commit is on.
 #[derive(Clone, Debug)]
 pub struct GroupCommit {
+    store: Store,
     creates: Batcher<NewJob, CreateOutcome>,
+    creates_in_flight: InFlight,
     transitions: Batcher<(Transition, Option<Instant>), TransitionResult>,
+    transitions_in_flight: InFlight,
 }
 
 impl GroupCommit {
@@ -103,16 +135,26 @@ impl GroupCommit {
                 write_creates(store.clone(), batch)
             })
         };
-        let transitions = Batcher::start(writers, max_batch, move |batch| {
-            write_transitions(store.clone(), batch)
-        });
+        let transitions = {
+            let store = store.clone();
+            Batcher::start(writers, max_batch, move |batch| {
+                write_transitions(store.clone(), batch)
+            })
+        };
         GroupCommit {
+            store,
             creates,
+            creates_in_flight: InFlight::default(),
             transitions,
+            transitions_in_flight: InFlight::default(),
         }
     }
 
     pub async fn create_job(&self, new: NewJob) -> CreateOutcome {
+        let (_counted, alone) = self.creates_in_flight.enter();
+        if alone {
+            return self.store.create_job(&new).await;
+        }
         self.creates.submit(new).await?
     }
 
@@ -121,6 +163,10 @@ impl GroupCommit {
         t: Transition,
         deadline: Option<Instant>,
     ) -> TransitionResult {
+        let (_counted, alone) = self.transitions_in_flight.enter();
+        if alone {
+            return self.store.transition_job(&t, deadline).await;
+        }
         self.transitions.submit((t, deadline)).await?
     }
 }
@@ -159,7 +205,7 @@ async fn write_transitions(
     store: Store,
     batch: Vec<Pending<(Transition, Option<Instant>), TransitionResult>>,
 ) {
-    // A lone call takes the batch path too: it never waits for a lock, so a busy job
+    // A batch of one takes the batch path too: it never waits for a lock, so a busy job
     // never stalls this writer (and the calls queued behind it).
     let transitions: Vec<Transition> = batch.iter().map(|((t, _), _)| t.clone()).collect();
     let results = match store.transition_jobs(&transitions).await {
