@@ -9,13 +9,14 @@
 //! includes the write and the commit). Same machine, same clock.
 
 use std::{
-    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
-use jobledger::proto::{self, job_ledger_client::JobLedgerClient, JobStatus as S};
-use sqlx::{Connection, Executor, PgConnection};
+use jobledger::{
+    proto::{self, job_ledger_client::JobLedgerClient, JobStatus as S},
+    testkit::{ScratchDb, ServerProcess},
+};
 use tokio::sync::{mpsc, Barrier};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -23,18 +24,6 @@ use tonic::transport::Channel;
 const BIN: &str = env!("CARGO_BIN_EXE_jobledger");
 const CONNECTIONS: usize = 8;
 const ORG: &str = "0be0c0de-0000-4000-8000-00000000be0c";
-
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -65,50 +54,14 @@ fn millis_since(ts: &Option<prost_types::Timestamp>) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn start_server(database_url: &str) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(BIN)
-        .args(["serve", "--database-url", database_url])
-        .args(["--listen-addr", &format!("127.0.0.1:{port}")])
-        .args(["--max-streams", "20000", "--log-format", "json"])
+async fn start_server(database_url: &str) -> ServerProcess {
+    ServerProcess::command(BIN, database_url)
+        .args(&["--max-streams", "20000", "--log-format", "json"])
+        .show_logs(true)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start jobledger");
-    let server = Server {
-        child,
-        addr: format!("http://127.0.0.1:{port}"),
-    };
-    let started = Instant::now();
-    loop {
-        if let Ok(channel) = Channel::from_shared(server.addr.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
-            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-            let ok = health
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .map(|r| r.into_inner().status == 1)
-                .unwrap_or(false);
-            if ok {
-                return server;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        .start()
+        .await
+        .expect("jobledger serve")
 }
 
 async fn clients(addr: &str) -> Vec<JobLedgerClient<Channel>> {
@@ -174,7 +127,7 @@ struct Row {
 
 /// `subscribers` streams, each on its own job (job scope) or all on the org (org scope);
 /// `writes` progress reports paced at about 200/s; latencies of every delivery.
-async fn run(server: &Server, org_scope: bool, subscribers: usize, writes: usize) -> Row {
+async fn run(server: &ServerProcess, org_scope: bool, subscribers: usize, writes: usize) -> Row {
     let clients = clients(&server.addr).await;
     let mut jobs = Vec::new();
     for i in 0..subscribers.max(if org_scope { 20 } else { 0 }) {
@@ -261,8 +214,9 @@ async fn run(server: &Server, org_scope: bool, subscribers: usize, writes: usize
 async fn main() {
     let base = std::env::var("BENCH_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
-    let name = format!("jl_bench_{}", uuid::Uuid::new_v4().simple());
-    let server = start_server(&format!("{base}/{name}")).await;
+    // Dropped (with the database) at the end.
+    let db = ScratchDb::on(&base, "jl_bench_");
+    let server = start_server(&db.url()).await;
     let idle = rss_kib(server.child.id());
 
     let mut rows = Vec::new();
@@ -290,12 +244,4 @@ async fn main() {
             r.scope, r.subscribers, r.events, r.deliveries, r.p50, r.p99, r.max, r.kib_per_stream
         );
     }
-
-    let mut admin = PgConnection::connect(&format!("{base}/postgres"))
-        .await
-        .unwrap();
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str())
-        .await
-        .unwrap();
 }

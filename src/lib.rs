@@ -1,34 +1,25 @@
 //! jobledger: the durable ledger of asynchronous jobs, served over gRPC on PostgreSQL.
 //!
-//! Layers, outside in: `api` (tonic services, the only place statuses are built),
-//! `ledger` (the domain: state machine, validation, errors), `store` (PostgreSQL).
-//! `feed` streams events to subscribers; `startup` wires it all into a server;
-//! `health` probes the database.
+//! A call goes outside in (docs/architecture.md draws it):
+//!
+//! | layer | module | what it does |
+//! |---|---|---|
+//! | wire | [`proto`] | the generated `jobledger.v1` types, method list, code names, JSON ⇄ Struct |
+//! | server | [`server`] | settings, start-up and shutdown, the middleware (auth, load shedding, metrics, traces), health |
+//! | service | [`server::service`] | the `JobLedger` RPCs: wire in, ledger calls, wire out; [`server::status`] builds every gRPC status |
+//! | domain | [`ledger`] | jobs, events, the state machine as a table, input rules, the one error type — no tonic, no SQL |
+//! | storage | [`store`] | PostgreSQL: every statement (`store/queries/*.sql`), transactions, group commit |
+//! | storage | [`feed`] | the live event feed: post-commit announcements, LISTEN, one reader per subscriber |
+//! | tools | [`tools`] | the invariant checker, the Python stack's import and export, `jobledger dev` |
+//! | tools | [`testkit`] | private PostgreSQL clusters, scratch databases, servers for tests and benchmarks |
+//!
+//! The `jobledger` binary (`src/bin/jobledger/`) is the command line: `serve` turns flags
+//! into a [`server::Config`]; `job`, `health` and `bench` are its gRPC client side.
 
-pub mod api;
-pub mod auth;
-pub mod bench;
-pub mod check;
-pub mod cli;
-pub mod config;
-pub mod dev;
 pub mod feed;
-pub mod health;
 pub mod ledger;
-pub mod legacy;
-pub mod metrics;
-pub mod protection;
-pub mod startup;
+pub mod proto;
+pub mod server;
 pub mod store;
-pub mod telemetry;
-pub mod tls;
-
-/// The generated `jobledger.v1` types, client and server.
-pub mod proto {
-    #![allow(clippy::all)]
-    tonic::include_proto!("jobledger.v1");
-
-    /// The encoded descriptors of the contract, served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/jobledger_descriptor.bin"));
-}
+pub mod testkit;
+pub mod tools;

@@ -15,10 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use jobledger::testkit::{cluster::free_port, ScratchDb, ServerProcess};
 use serde_json::{json, Value};
-use sqlx::{Connection, Executor, PgConnection, Row};
-use tonic::transport::Channel;
-use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+use sqlx::{Connection, PgConnection, Row};
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_jobledger");
@@ -190,121 +189,14 @@ impl Drop for Script {
     }
 }
 
-/// A database of our own on the shared PostgreSQL (created by the server), dropped at
-/// the end.
-struct ScratchDb {
-    base: String,
-    name: String,
-}
-
-impl ScratchDb {
-    fn new() -> ScratchDb {
-        ScratchDb {
-            base: std::env::var("TEST_DATABASE_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned()),
-            name: format!("jl_test_py_{}", Uuid::new_v4().simple()),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("{}/{}", self.base, self.name)
-    }
-}
-
-impl Drop for ScratchDb {
-    /// From a thread of its own: Drop cannot await, and the test's runtime may be
-    /// shutting down.
-    fn drop(&mut self) {
-        let admin = format!("{}/postgres", self.base);
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok(mut conn) = PgConnection::connect(&admin).await {
-                    let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                    let _ = conn.execute(drop.as_str()).await;
-                    let _ = conn.close().await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// A `jobledger serve` process on a free port, killed when dropped.
-struct Server {
-    child: Child,
-    /// host:port, as the Python scripts take it.
-    addr: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Server {
-    /// Starts the binary on `database_url` and waits until it reports SERVING.
-    async fn start(database_url: &str) -> Server {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let show_logs = std::env::var_os("TEST_LOG").is_some();
-        let child = Command::new(BIN)
-            .args([
-                "serve",
-                "--database-url",
-                database_url,
-                "--listen-addr",
-                &addr,
-            ])
-            // Few connections (the shared PostgreSQL allows 100); a quick first probe.
-            .args(["--pool-size", "5", "--probe-interval-ms", "100"])
-            .env("RUST_LOG", if show_logs { "info" } else { "warn" })
-            .stdout(Stdio::null())
-            .stderr(if show_logs {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .spawn()
-            .expect("spawn jobledger serve");
-        let mut server = Server { child, addr };
-        let started = Instant::now();
-        loop {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("jobledger serve exited with {status} (TEST_LOG=1 shows its log)");
-            }
-            let endpoint = Channel::from_shared(format!("http://{}", server.addr)).unwrap();
-            if let Ok(channel) = endpoint.connect().await {
-                let request = HealthCheckRequest {
-                    service: String::new(),
-                };
-                if let Ok(response) = HealthClient::new(channel).check(request).await {
-                    if response.into_inner().status == 1 {
-                        return server;
-                    }
-                }
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "jobledger serve did not become SERVING within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `jobledger serve` process on a free port: few connections (the shared PostgreSQL
+/// allows 100), a quick first probe; killed when dropped.
+async fn start_server(database_url: &str) -> ServerProcess {
+    ServerProcess::command(BIN, database_url)
+        .args(&["--pool-size", "5"])
+        .start()
+        .await
+        .expect("jobledger serve")
 }
 
 /// The lines of `output` that start with `prefix`.
@@ -398,9 +290,11 @@ fn scalar(value: &Value) -> String {
 async fn api_and_workers_run_mock_jobs_with_retries_end_to_end() {
     let py = Python::with_client();
     let db = ScratchDb::new();
-    let server = Server::start(&db.url()).await;
+    let server = start_server(&db.url()).await;
+    // host:port, as the Python scripts take it.
+    let host_port = format!("127.0.0.1:{}", server.port);
     let started = Instant::now();
-    let addr = server.addr.as_str();
+    let addr = host_port.as_str();
 
     // Two workers racing for every job. `retry-2` fails in `transform` on attempts 1
     // and 2 and succeeds on 3 (budget 3); `dl-1` fails the same way with a budget of 2
@@ -812,9 +706,11 @@ async fn api_and_workers_run_mock_jobs_with_retries_end_to_end() {
 async fn health_through_grpcio_health_checking() {
     let py = Python::without_client();
     let db = ScratchDb::new();
-    let server = Server::start(&db.url()).await;
+    let server = start_server(&db.url()).await;
+    // host:port, as the Python scripts take it.
+    let host_port = format!("127.0.0.1:{}", server.port);
     let limit = Duration::from_secs(30);
-    let addr = format!("http://{}", server.addr);
+    let addr = format!("http://{host_port}");
 
     let all = py
         .run(
@@ -858,7 +754,7 @@ async fn health_through_grpcio_health_checking() {
     assert_eq!(defaults.code, Some(0));
 
     // Nothing listening: exit 2, as grpc-health-probe.
-    let nowhere = format!("127.0.0.1:{}", free_port());
+    let nowhere = format!("127.0.0.1:{}", free_port().unwrap());
     let down = py
         .run(
             "health-down",

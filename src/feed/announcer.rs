@@ -22,12 +22,12 @@ const BATCH: usize = 1000;
 
 /// The write side's handle: `announce` after a commit. Never blocks.
 #[derive(Clone, Debug)]
-pub struct Announcer {
+pub(crate) struct Announcer {
     tx: mpsc::UnboundedSender<(Uuid, Uuid)>,
 }
 
 /// The queue `announce_loop` drains.
-pub struct AnnounceQueue(mpsc::UnboundedReceiver<(Uuid, Uuid)>);
+pub(crate) struct AnnounceQueue(mpsc::UnboundedReceiver<(Uuid, Uuid)>);
 
 impl Announcer {
     pub fn new() -> (Announcer, AnnounceQueue) {
@@ -44,7 +44,7 @@ impl Announcer {
 
 /// Drains the queue until `stop`: wakes local subscribers, then notifies the other
 /// replicas, coalescing whatever accumulated while the previous NOTIFY was in flight.
-pub async fn announce_loop(
+pub(crate) async fn announce_loop(
     AnnounceQueue(mut rx): AnnounceQueue,
     options: PgConnectOptions,
     wakeups: Arc<Wakeups>,
@@ -79,11 +79,7 @@ pub async fn announce_loop(
             .iter()
             .map(|(org_id, job_id)| format!("{org_id} {job_id}"))
             .collect();
-        let sent = sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) p")
-            .bind(CHANNEL)
-            .bind(&payloads)
-            .execute(&pool)
-            .await;
+        let sent = crate::store::notify_events(&pool, CHANNEL, &payloads).await;
         if let Err(e) = sent {
             // Other replicas find these events at their next periodic re-read.
             tracing::debug!(error = %e, events = payloads.len(), "notify failed");

@@ -11,12 +11,16 @@ use uuid::Uuid;
 use super::wakeups::Wakeups;
 
 /// The NOTIFY channel written by the `job_event` insert trigger (migration 0002).
-pub const CHANNEL: &str = "jobledger_events";
+pub(crate) const CHANNEL: &str = "jobledger_events";
 
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// Runs until `stop` is cancelled.
-pub async fn listen(options: PgConnectOptions, wakeups: Arc<Wakeups>, stop: CancellationToken) {
+pub(crate) async fn listen(
+    options: PgConnectOptions,
+    wakeups: Arc<Wakeups>,
+    stop: CancellationToken,
+) {
     // A pool of its own, so the listener never takes a request connection.
     let pool = PgPoolOptions::new()
         .max_connections(1)

@@ -17,8 +17,8 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-pub use announcer::{announce_loop, AnnounceQueue, Announcer};
-pub use listener::{listen, CHANNEL};
+pub(crate) use announcer::{announce_loop, AnnounceQueue, Announcer};
+pub(crate) use listener::listen;
 use wakeups::Wakeups;
 
 use crate::ledger::{Cursor, JobEvent, LedgerError};
@@ -50,7 +50,7 @@ impl Default for FeedSettings {
 /// One process's feed: the wake-up hub, the announcer, the stream cap and the
 /// shutdown signal.
 #[derive(Clone)]
-pub struct Feed {
+pub(crate) struct Feed {
     store: Store,
     settings: FeedSettings,
     wakeups: Arc<Wakeups>,
@@ -69,7 +69,7 @@ pub struct Subscribe {
 }
 
 /// An item of a subscription: an event, or the error that ends it.
-pub type FeedItem = Result<JobEvent, LedgerError>;
+pub(crate) type FeedItem = Result<JobEvent, LedgerError>;
 
 impl Feed {
     /// The feed, and the queue of announcements for `announce_loop` to drain.

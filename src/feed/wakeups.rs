@@ -8,7 +8,7 @@ use std::{collections::HashMap, sync::Mutex};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-pub struct Wakeups {
+pub(crate) struct Wakeups {
     by_key: Mutex<HashMap<Uuid, watch::Sender<()>>>,
     everyone: watch::Sender<()>,
 }
@@ -51,9 +51,5 @@ impl Wakeups {
     pub fn sweep(&self) {
         let mut map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, sender| sender.receiver_count() > 0);
-    }
-
-    pub fn keys(&self) -> usize {
-        self.by_key.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }

@@ -7,6 +7,7 @@
 pub mod cursor;
 pub mod error;
 pub mod job;
+mod listing;
 pub mod machine;
 pub mod status;
 pub mod validate;
@@ -14,6 +15,7 @@ pub mod validate;
 pub use cursor::Cursor;
 pub use error::{FieldViolation, LedgerError};
 pub use job::{Job, JobEvent, NewEvent, NewJob, Transition, DEFAULT_ORG};
+pub use listing::{JobPosition, ListFilter};
 pub use machine::{apply, Applied};
 pub use status::JobStatus;
-pub use validate::{Limits, Violations};
+pub use validate::{Limits, Violations, DEFAULT_MAX_ATTEMPTS, MAX_JOBS_PER_BATCH};

@@ -3,10 +3,16 @@
 //! Violations are collected, not returned one at a time, so a client learns every
 //! bad field of a request at once (one INVALID_ARGUMENT with a BadRequest listing them).
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::{FieldViolation, LedgerError, DEFAULT_ORG};
+use super::{machine::RESERVED_DETAIL_KEYS, FieldViolation, JobStatus, LedgerError, DEFAULT_ORG};
+
+/// A job's `max_attempts` when its create leaves it 0.
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 5;
+
+/// Most jobs one CreateJobs call may carry.
+pub const MAX_JOBS_PER_BATCH: usize = 1000;
 
 /// Configurable limits (spec §3). Lengths of strings are in characters, as
 /// `varchar(n)` counts them; `error_message` and JSON sizes are in bytes.
@@ -22,18 +28,63 @@ pub struct Limits {
     pub max_attempts: i32,
 }
 
+impl Limits {
+    /// The spec's defaults (§3).
+    pub const DEFAULT: Limits = Limits {
+        type_chars: 100,
+        key_chars: 255,
+        stage_chars: 100,
+        error_code_chars: 100,
+        error_message_bytes: 8 * 1024,
+        json_bytes: 64 * 1024,
+        json_depth: 32,
+        max_attempts: 1000,
+    };
+
+    /// The most each limit may be set to: the columns' widths (`type varchar(100)`,
+    /// `idempotency_key varchar(255)`, `last_error_code varchar(100)`) and the protobuf
+    /// decoder's recursion limit (a Struct deeper than 32 levels does not decode).
+    pub const MAX: Limits = Limits {
+        type_chars: 100,
+        key_chars: 255,
+        stage_chars: usize::MAX,
+        error_code_chars: 100,
+        error_message_bytes: usize::MAX,
+        json_bytes: usize::MAX,
+        json_depth: 32,
+        max_attempts: i32::MAX,
+    };
+
+    /// Refuses limits past [`Limits::MAX`] or below 1, naming the flag that sets them.
+    pub fn check(&self) -> Result<(), String> {
+        let bounds = [
+            ("--max-type-chars", self.type_chars, Limits::MAX.type_chars),
+            ("--max-key-chars", self.key_chars, Limits::MAX.key_chars),
+            (
+                "--max-error-code-chars",
+                self.error_code_chars,
+                Limits::MAX.error_code_chars,
+            ),
+            ("--max-json-depth", self.json_depth, Limits::MAX.json_depth),
+        ];
+        for (flag, value, max) in bounds {
+            if !(1..=max).contains(&value) {
+                return Err(format!("{flag} must be 1..{max}, got {value}"));
+            }
+        }
+        if self.max_attempts < 1 {
+            return Err(format!(
+                "--max-attempts-limit must be at least 1, got {}",
+                self.max_attempts
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            type_chars: 100,
-            key_chars: 255,
-            stage_chars: 100,
-            error_code_chars: 100,
-            error_message_bytes: 8 * 1024,
-            json_bytes: 64 * 1024,
-            json_depth: 32,
-            max_attempts: 1000,
-        }
+        Limits::DEFAULT
     }
 }
 
@@ -136,6 +187,55 @@ impl Violations {
             Err(_) => {
                 self.add(field, "must be a UUID");
                 None
+            }
+        }
+    }
+
+    /// A create's `max_attempts`: 0 is the default, else 1..the limit.
+    pub fn max_attempts(&mut self, requested: i32, limits: &Limits) -> i32 {
+        match requested {
+            0 => DEFAULT_MAX_ATTEMPTS,
+            n if (1..=limits.max_attempts).contains(&n) => n,
+            n => {
+                self.add(
+                    "max_attempts",
+                    format!(
+                        "must be 1..{} (0 for the default {DEFAULT_MAX_ATTEMPTS}), got {n}",
+                        limits.max_attempts
+                    ),
+                );
+                DEFAULT_MAX_ATTEMPTS
+            }
+        }
+    }
+
+    /// A reported progress is a percentage.
+    pub fn progress(&mut self, progress: Option<i32>) {
+        if let Some(p) = progress {
+            if !(0..=100).contains(&p) {
+                self.add("progress", format!("must be 0..100, got {p}"));
+            }
+        }
+    }
+
+    /// A result comes only with success.
+    pub fn result_needs_success(&mut self, has_result: bool, to: Option<JobStatus>) {
+        if has_result && to.is_some_and(|to| to != JobStatus::Succeeded) {
+            self.add(
+                "result",
+                "is accepted only with to_status JOB_STATUS_SUCCEEDED",
+            );
+        }
+    }
+
+    /// A client's event detail may not use the keys the server writes.
+    pub fn client_detail(&mut self, detail: &Map<String, Value>) {
+        for key in RESERVED_DETAIL_KEYS {
+            if detail.contains_key(*key) {
+                self.add(
+                    format!("detail.{key}"),
+                    "is reserved for the server; use the request field of that name",
+                );
             }
         }
     }

@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use super::jobs::{EventRow, EVENT_COLUMNS};
+use super::jobs::{parse_status, EventRow};
 use super::Store;
 use crate::ledger::{Cursor, JobEvent, JobStatus, LedgerError};
 
@@ -17,20 +17,18 @@ pub enum FeedScope {
 /// first xid not yet assigned; `snapshot` (`pg_snapshot` text) tells which xids in
 /// between had committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeedPosition {
+pub(crate) struct FeedPosition {
     pub xmin: i64,
     pub xmax: i64,
     pub snapshot: String,
 }
 
 impl Store {
-    pub async fn feed_position(&self) -> Result<FeedPosition, LedgerError> {
-        let (xmin, xmax, snapshot): (i64, i64, String) = sqlx::query_as(
-            "SELECT pg_snapshot_xmin(s)::text::int8, pg_snapshot_xmax(s)::text::int8, s::text
-             FROM pg_current_snapshot() s",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+    pub(crate) async fn feed_position(&self) -> Result<FeedPosition, LedgerError> {
+        let (xmin, xmax, snapshot): (i64, i64, String) =
+            sqlx::query_as(include_str!("queries/feed_position.sql"))
+                .fetch_one(&self.pool)
+                .await?;
         Ok(FeedPosition {
             xmin,
             xmax,
@@ -39,24 +37,17 @@ impl Store {
     }
 
     /// The job's status, if it exists in the org (another org's job does not).
-    pub async fn job_status(
+    pub(crate) async fn job_status(
         &self,
         org_id: Uuid,
         job_id: Uuid,
     ) -> Result<Option<JobStatus>, LedgerError> {
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM job WHERE id = $1 AND org_id = $2")
-                .bind(job_id)
-                .bind(org_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        status
-            .map(|s| {
-                JobStatus::from_db_str(&s).ok_or_else(|| LedgerError::Internal {
-                    cause: format!("unknown status {s:?} in the database"),
-                })
-            })
-            .transpose()
+        let status: Option<String> = sqlx::query_scalar(include_str!("queries/job_status.sql"))
+            .bind(job_id)
+            .bind(org_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        status.as_deref().map(parse_status).transpose()
     }
 
     /// Up to `limit` events after `after`, in feed order, leaving out (org scope) events
@@ -67,7 +58,7 @@ impl Store {
     /// spans many jobs whose transactions commit out of order, so it stops at the oldest
     /// transaction of this database still running: an event above that horizon may yet
     /// be joined by one that sorts before it.
-    pub async fn events_after(
+    pub(crate) async fn events_after(
         &self,
         scope: FeedScope,
         after: Cursor,
@@ -75,12 +66,16 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<JobEvent>, LedgerError> {
         let query = match scope {
-            FeedScope::Job { org_id, job_id } => sqlx::query_as::<_, EventRow>(job_feed_sql())
-                .bind(job_id)
-                .bind(org_id),
-            FeedScope::Org { org_id } => sqlx::query_as::<_, EventRow>(org_feed_sql())
-                .bind(org_id)
-                .bind(seen_before),
+            FeedScope::Job { org_id, job_id } => {
+                sqlx::query_as::<_, EventRow>(include_str!("queries/job_events_after.sql"))
+                    .bind(job_id)
+                    .bind(org_id)
+            }
+            FeedScope::Org { org_id } => {
+                sqlx::query_as::<_, EventRow>(include_str!("queries/org_events_after.sql"))
+                    .bind(org_id)
+                    .bind(seen_before)
+            }
         };
         let rows = query
             .bind(after.xid.to_string())
@@ -92,41 +87,18 @@ impl Store {
     }
 }
 
-fn job_feed_sql() -> &'static str {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "SELECT {EVENT_COLUMNS} FROM job_event
-             WHERE job_id = $1 AND org_id = $2 AND (xid, seq) > ($3::text::xid8, $4)
-             ORDER BY xid, seq LIMIT $5"
-        )
-    });
-    &SQL
-}
-
-fn org_feed_sql() -> &'static str {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "SELECT {EVENT_COLUMNS} FROM job_event
-             WHERE org_id = $1 AND (xid, seq) > ($3::text::xid8, $4)
-               AND xid < (
-                   -- The horizon: the oldest running transaction that may have written
-                   -- to this database. xmin is cluster-wide, so skip transactions that
-                   -- pg_stat_activity places in another database (one it cannot place
-                   -- yet counts as ours: the safe side).
-                   SELECT CASE WHEN pg_snapshot_xmin(s) = pg_snapshot_xmax(s)
-                               THEN pg_snapshot_xmax(s)
-                               ELSE coalesce(
-                                   (SELECT min(x) FROM pg_snapshot_xip(s) x
-                                    WHERE xid(x) NOT IN (
-                                        SELECT backend_xid FROM pg_stat_activity
-                                        WHERE backend_xid IS NOT NULL
-                                          AND datname IS DISTINCT FROM current_database())),
-                                   pg_snapshot_xmax(s))
-                          END
-                   FROM pg_current_snapshot() s)
-               AND ($2::text IS NULL OR NOT pg_visible_in_snapshot(xid, $2::text::pg_snapshot))
-             ORDER BY xid, seq LIMIT $5"
-        )
-    });
-    &SQL
+/// Tells the other replicas (their LISTEN connections on `channel`) that these jobs
+/// have new events: one notification per `"<org_id> <job_id>"` payload, in a statement
+/// that writes nothing (a NOTIFY inside a writing transaction would serialize commits).
+pub(crate) async fn notify_events(
+    pool: &sqlx::PgPool,
+    channel: &str,
+    payloads: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(include_str!("queries/notify_events.sql"))
+        .bind(channel)
+        .bind(payloads)
+        .execute(pool)
+        .await
+        .map(|_| ())
 }

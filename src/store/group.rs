@@ -117,7 +117,7 @@ impl Drop for Counted<'_> {
 
 /// The CreateJob and TransitionJob front of the store when group commit is on.
 #[derive(Clone, Debug)]
-pub struct GroupCommit {
+pub(crate) struct GroupCommit {
     store: Store,
     creates: Batcher<NewJob, CreateOutcome>,
     creates_in_flight: InFlight,
@@ -173,13 +173,6 @@ impl GroupCommit {
 
 async fn write_creates(store: Store, batch: Vec<Pending<NewJob, CreateOutcome>>) {
     let (jobs, replies): (Vec<NewJob>, Vec<_>) = batch.into_iter().unzip();
-    if jobs.len() == 1 {
-        let outcome = store.create_job(&jobs[0]).await;
-        for reply in replies {
-            let _ = reply.send(outcome.clone());
-        }
-        return;
-    }
     match store.create_jobs(&jobs).await {
         Ok(outcomes) => {
             for (reply, outcome) in replies.into_iter().zip(outcomes) {

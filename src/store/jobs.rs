@@ -1,5 +1,6 @@
-//! The ledger's queries. Each RPC is one transaction with as few round trips as its
-//! rules allow; the state machine's decision comes from `ledger::apply`, never from SQL.
+//! Creating and reading jobs, and the rows every query maps: `JobRow` and `EventRow`.
+//! Each RPC is one transaction with as few round trips as its rules allow; the state
+//! machine's decision comes from `ledger::apply`, never from SQL.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -8,13 +9,6 @@ use uuid::Uuid;
 
 use super::Store;
 use crate::ledger::{Job, JobEvent, JobStatus, LedgerError, NewJob};
-
-pub(super) const JOB_COLUMNS: &str = "id, org_id, type, status, attempt, max_attempts, priority, \
-     idempotency_key, requested_by, params, created_at, updated_at, started_at, finished_at, \
-     last_error_code, last_error_message, stage, progress, result";
-
-pub(super) const EVENT_COLUMNS: &str = "id, job_id, org_id, ts, prev_status, next_status, \
-     attempt, detail_json, seq, xid::text::int8 AS xid";
 
 #[derive(FromRow)]
 pub(super) struct JobRow {
@@ -106,136 +100,45 @@ pub(super) fn parse_status(s: &str) -> Result<JobStatus, LedgerError> {
 }
 
 /// What creating one job came to: the job and whether this call created it, or why not.
-pub type CreateOutcome = Result<(Job, bool), LedgerError>;
+pub(crate) type CreateOutcome = Result<(Job, bool), LedgerError>;
 
 impl Store {
     /// Creates a job and its creation event, or returns the job that already holds the
-    /// idempotency key (`created = false`) if its type and params are the same.
+    /// idempotency key (`created = false`) if its type and params are the same. The
+    /// same statement as a batch of one (`create_jobs`).
     #[tracing::instrument(skip_all, fields(org_id = %new.org_id, job_type = %new.job_type))]
-    pub async fn create_job(&self, new: &NewJob) -> Result<(Job, bool), LedgerError> {
-        let insert = format!(
-            "WITH new_job AS (
-                INSERT INTO job (org_id, type, priority, idempotency_key, requested_by,
-                                 max_attempts, params)
-                VALUES ($1, $2, $3, $4, $5, $6, $7)
-                ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL
-                DO NOTHING
-                RETURNING *
-             ), creation_event AS (
-                INSERT INTO job_event (job_id, org_id, ts, prev_status, next_status, attempt,
-                                       detail_json)
-                SELECT id, org_id, created_at, NULL, 'queued', 0, $8 FROM new_job
-             )
-             SELECT {JOB_COLUMNS} FROM new_job"
-        );
-        let mut detail = serde_json::Map::new();
-        if let Some(by) = &new.requested_by {
-            detail.insert("actor".into(), Value::String(by.clone()));
-        }
-        // Without a key there is no conflict to lose; with one, the loser of a race
-        // re-reads the winner (committed by then: ON CONFLICT waits for it).
-        for _ in 0..3 {
-            let created: Option<JobRow> = sqlx::query_as(&insert)
-                .bind(new.org_id)
-                .bind(&new.job_type)
-                .bind(new.priority)
-                .bind(&new.idempotency_key)
-                .bind(&new.requested_by)
-                .bind(new.max_attempts)
-                .bind(new.params.as_ref().map(Json))
-                .bind(Json(Value::Object(detail.clone())))
-                .fetch_optional(&self.pool)
-                .await?;
-            if let Some(row) = created {
-                return Ok((row.try_into()?, true));
-            }
-            let Some(key) = &new.idempotency_key else {
-                break;
-            };
-            let existing: Option<SameInputRow> = sqlx::query_as(&format!(
-                "SELECT {JOB_COLUMNS},
-                        (type = $3 AND params IS NOT DISTINCT FROM $4::jsonb) AS same_input
-                 FROM job WHERE org_id = $1 AND idempotency_key = $2"
-            ))
-            .bind(new.org_id)
-            .bind(key)
-            .bind(&new.job_type)
-            .bind(new.params.as_ref().map(Json))
-            .fetch_optional(&self.pool)
-            .await?;
-            match existing {
-                Some(SameInputRow {
-                    job,
-                    same_input: true,
-                }) => return Ok((job.try_into()?, false)),
-                Some(SameInputRow { job, .. }) => {
-                    return Err(LedgerError::IdempotencyKeyReused { job_id: job.id })
-                }
-                None => continue,
-            }
-        }
-        Err(LedgerError::Internal {
-            cause: "create_job: insert neither created nor found a job".into(),
+    pub(crate) async fn create_job(&self, new: &NewJob) -> CreateOutcome {
+        let mut outcomes = self.create_jobs(std::slice::from_ref(new)).await?;
+        outcomes.pop().unwrap_or_else(|| {
+            Err(LedgerError::Internal {
+                cause: "create_job: no outcome for the one job".into(),
+            })
         })
     }
 
     /// The job with this id in this org; another org's job is not found.
     #[tracing::instrument(skip_all, fields(%org_id, %job_id))]
-    pub async fn get_job(&self, org_id: Uuid, job_id: Uuid) -> Result<Job, LedgerError> {
-        let row: Option<JobRow> = sqlx::query_as(&format!(
-            "SELECT {JOB_COLUMNS} FROM job WHERE id = $1 AND org_id = $2"
-        ))
-        .bind(job_id)
-        .bind(org_id)
-        .fetch_optional(&self.pool)
-        .await?;
+    pub(crate) async fn get_job(&self, org_id: Uuid, job_id: Uuid) -> Result<Job, LedgerError> {
+        let row: Option<JobRow> = sqlx::query_as(include_str!("queries/get_job.sql"))
+            .bind(job_id)
+            .bind(org_id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.ok_or(LedgerError::NotFound { job_id })?.try_into()
     }
 
-    /// Creates many jobs (CreateJobs): one statement inserts every job and its creation
-    /// event and finds the jobs that already hold a key, so one round trip answers a
-    /// whole batch in the common case. Each entry gets the outcome `create_job` would give
-    /// it (idempotency included): entries sharing a key with an earlier entry of the batch,
-    /// and losers of a race with a concurrent writer, are answered by a re-run of the
-    /// statement, which sees the winners (committed by then: ON CONFLICT waits for them).
-    /// Rows are inserted in (org_id, idempotency_key) order, so concurrent batches with
-    /// overlapping keys wait for each other in one order and never deadlock.
+    /// Creates many jobs (CreateJobs, and CreateJob's group commit): one statement
+    /// inserts every job and its creation event and finds the jobs that already hold a
+    /// key, so one round trip answers a whole batch in the common case. Each entry gets
+    /// its own outcome (idempotency included): entries sharing a key with an earlier
+    /// entry of the batch, and losers of a race with a concurrent writer, are answered by
+    /// a re-run of the statement, which sees the winners (committed by then: ON CONFLICT
+    /// waits for them).
     #[tracing::instrument(skip_all, fields(jobs = jobs.len()))]
-    pub async fn create_jobs(&self, jobs: &[NewJob]) -> Result<Vec<CreateOutcome>, LedgerError> {
-        let statement = format!(
-            "WITH input AS (
-                SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[],
-                                     $6::text[], $7::int4[], $8::jsonb[], $9::int4[], $10::bool[])
-                    AS i(id, org_id, type, priority, idempotency_key, requested_by,
-                         max_attempts, params, n, first)
-             ), new_job AS (
-                INSERT INTO job (id, org_id, type, priority, idempotency_key, requested_by,
-                                 max_attempts, params)
-                SELECT id, org_id, type, priority, idempotency_key, requested_by, max_attempts,
-                       params
-                FROM input WHERE first
-                ORDER BY org_id, idempotency_key
-                ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL
-                DO NOTHING
-                RETURNING *
-             ), creation_event AS (
-                INSERT INTO job_event (job_id, org_id, ts, prev_status, next_status, attempt,
-                                       detail_json)
-                SELECT id, org_id, created_at, NULL, 'queued', 0,
-                       CASE WHEN requested_by IS NULL THEN '{{}}'::jsonb
-                            ELSE jsonb_build_object('actor', requested_by) END
-                FROM new_job
-             )
-             SELECT {new_columns}, i.n, true AS created, true AS same_input
-             FROM new_job nj JOIN input i ON i.id = nj.id
-             UNION ALL
-             SELECT {existing_columns}, i.n, false,
-                    (j.type = i.type AND j.params IS NOT DISTINCT FROM i.params)
-             FROM input i JOIN job j
-                  ON j.org_id = i.org_id AND j.idempotency_key = i.idempotency_key",
-            new_columns = qualified_job_columns("nj"),
-            existing_columns = qualified_job_columns("j"),
-        );
+    pub(crate) async fn create_jobs(
+        &self,
+        jobs: &[NewJob],
+    ) -> Result<Vec<CreateOutcome>, LedgerError> {
         let mut outcomes: Vec<Option<CreateOutcome>> =
             std::iter::repeat_with(|| None).take(jobs.len()).collect();
         let mut pending: Vec<usize> = (0..jobs.len()).collect();
@@ -243,44 +146,7 @@ impl Store {
             if pending.is_empty() {
                 break;
             }
-            let mut seen = std::collections::HashSet::new();
-            let first: Vec<bool> = pending
-                .iter()
-                .map(|&i| match &jobs[i].idempotency_key {
-                    Some(key) => seen.insert((jobs[i].org_id, key.as_str())),
-                    None => true,
-                })
-                .collect();
-            let entries = pending.iter().map(|&i| &jobs[i]);
-            let rows: Vec<BatchRow> = sqlx::query_as(&statement)
-                .bind(pending.iter().map(|_| Uuid::new_v4()).collect::<Vec<_>>())
-                .bind(entries.clone().map(|j| j.org_id).collect::<Vec<_>>())
-                .bind(
-                    entries
-                        .clone()
-                        .map(|j| j.job_type.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(entries.clone().map(|j| j.priority).collect::<Vec<_>>())
-                .bind(
-                    entries
-                        .clone()
-                        .map(|j| j.idempotency_key.as_deref())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    entries
-                        .clone()
-                        .map(|j| j.requested_by.as_deref())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(entries.clone().map(|j| j.max_attempts).collect::<Vec<_>>())
-                .bind(entries.map(|j| j.params.clone()).collect::<Vec<_>>())
-                .bind(pending.iter().map(|&i| i as i32).collect::<Vec<_>>())
-                .bind(first)
-                .fetch_all(&self.pool)
-                .await?;
-            for row in rows {
+            for row in self.insert_jobs(jobs, &pending).await? {
                 let slot = &mut outcomes[row.n as usize];
                 // A created job wins over a lookup of the same entry (there is none: the
                 // lookup reads the snapshot from before the insert).
@@ -307,33 +173,46 @@ impl Store {
             .collect())
     }
 
-    /// A job's events in order (the creation event first).
-    #[tracing::instrument(skip_all, fields(%org_id, %job_id))]
-    pub async fn job_events(
+    /// One run of create_jobs.sql for the entries `pending` of `jobs`.
+    async fn insert_jobs(
         &self,
-        org_id: Uuid,
-        job_id: Uuid,
-    ) -> Result<Vec<JobEvent>, LedgerError> {
-        let rows: Vec<EventRow> = sqlx::query_as(&format!(
-            "SELECT {EVENT_COLUMNS} FROM job_event WHERE job_id = $1 AND org_id = $2 \
-             ORDER BY xid, seq"
-        ))
-        .bind(job_id)
-        .bind(org_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(JobEvent::try_from).collect()
+        jobs: &[NewJob],
+        pending: &[usize],
+    ) -> Result<Vec<BatchRow>, LedgerError> {
+        let mut seen = std::collections::HashSet::new();
+        let first: Vec<bool> = pending
+            .iter()
+            .map(|&i| match &jobs[i].idempotency_key {
+                Some(key) => seen.insert((jobs[i].org_id, key.as_str())),
+                None => true,
+            })
+            .collect();
+        let entries = || pending.iter().map(|&i| &jobs[i]);
+        Ok(sqlx::query_as(include_str!("queries/create_jobs.sql"))
+            .bind(pending.iter().map(|_| Uuid::new_v4()).collect::<Vec<_>>())
+            .bind(entries().map(|j| j.org_id).collect::<Vec<_>>())
+            .bind(entries().map(|j| j.job_type.as_str()).collect::<Vec<_>>())
+            .bind(entries().map(|j| j.priority).collect::<Vec<_>>())
+            .bind(
+                entries()
+                    .map(|j| j.idempotency_key.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                entries()
+                    .map(|j| j.requested_by.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(entries().map(|j| j.max_attempts).collect::<Vec<_>>())
+            .bind(entries().map(|j| j.params.clone()).collect::<Vec<_>>())
+            .bind(pending.iter().map(|&i| i as i32).collect::<Vec<_>>())
+            .bind(first)
+            .fetch_all(&self.pool)
+            .await?)
     }
 }
 
-#[derive(FromRow)]
-struct SameInputRow {
-    #[sqlx(flatten)]
-    job: JobRow,
-    same_input: bool,
-}
-
-/// A row of `create_jobs`: the job, which entry of the batch it answers, and how.
+/// A row of create_jobs.sql: the job, which entry of the batch it answers, and how.
 #[derive(FromRow)]
 struct BatchRow {
     #[sqlx(flatten)]
@@ -341,13 +220,4 @@ struct BatchRow {
     n: i32,
     created: bool,
     same_input: bool,
-}
-
-/// `JOB_COLUMNS` of the table aliased `alias` (for statements that join `job`).
-fn qualified_job_columns(alias: &str) -> String {
-    JOB_COLUMNS
-        .split(',')
-        .map(|c| format!("{alias}.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
 }

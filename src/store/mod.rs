@@ -1,4 +1,7 @@
 //! PostgreSQL: connecting, creating the database, migrations, and the ledger's queries.
+//! Every statement the server runs is in `store/queries/*.sql` (ListJobs builds its
+//! WHERE clause from the filter in use, in `list.rs`); SQLSTATEs become ledger errors
+//! in `error.rs` and nowhere else.
 
 mod error;
 mod events;
@@ -7,10 +10,11 @@ mod jobs;
 mod list;
 mod transitions;
 
-pub use events::{FeedPosition, FeedScope};
-pub use group::GroupCommit;
-pub use list::{JobPage, ListFilter, PageToken, TypeStatusCount};
-pub use transitions::{TransitionOutcome, TransitionResult};
+pub(crate) use events::notify_events;
+pub use events::FeedScope;
+pub(crate) use group::GroupCommit;
+pub(crate) use list::{JobPage, TypeStatusCount};
+pub(crate) use transitions::TransitionResult;
 
 use std::time::{Duration, Instant};
 
@@ -23,12 +27,42 @@ use sqlx::{
 
 use crate::ledger::LedgerError;
 
+/// Used when neither a URL nor any `PG*` variable says where the database is.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/jobledger";
+
+/// Where the ledger's database is: `url`, else libpq's PGHOST, PGPORT, PGUSER,
+/// PGPASSWORD and PGDATABASE, else [`DEFAULT_DATABASE_URL`] (whose parts also fill in
+/// what the variables leave out).
+pub fn connect_options(url: Option<&str>) -> anyhow::Result<PgConnectOptions> {
+    if let Some(url) = url {
+        return url
+            .parse()
+            .with_context(|| "not a valid PostgreSQL URL".to_owned());
+    }
+    let libpq_vars = ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"];
+    if !libpq_vars.iter().any(|v| std::env::var_os(v).is_some()) {
+        return Ok(DEFAULT_DATABASE_URL.parse()?);
+    }
+    // PgConnectOptions::new() reads the PG* variables.
+    let mut options = PgConnectOptions::new();
+    if std::env::var_os("PGHOST").is_none() {
+        options = options.host("localhost");
+    }
+    if std::env::var_os("PGUSER").is_none() {
+        options = options.username("postgres");
+    }
+    if std::env::var_os("PGDATABASE").is_none() {
+        options = options.database("jobledger");
+    }
+    Ok(options)
+}
+
 /// The migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The ledger's storage: a connection pool on the ledger database.
 #[derive(Clone, Debug)]
-pub struct Store {
+pub(crate) struct Store {
     pool: PgPool,
     /// The session's statement timeout; a call's deadline only ever shortens it.
     statement_timeout: Duration,
@@ -36,7 +70,7 @@ pub struct Store {
 
 /// How the request pool behaves.
 #[derive(Clone, Debug)]
-pub struct PoolSettings {
+pub(crate) struct PoolSettings {
     pub size: u32,
     /// How long a request waits for a connection before it gets UNAVAILABLE.
     pub acquire_timeout: Duration,
@@ -47,7 +81,7 @@ pub struct PoolSettings {
 impl Store {
     /// A pool that connects on demand: requests made while the database is away fail
     /// with UNAVAILABLE and succeed again once it is back, without a restart.
-    pub fn connect_lazy(options: PgConnectOptions, settings: &PoolSettings) -> Store {
+    pub(crate) fn connect_lazy(options: PgConnectOptions, settings: &PoolSettings) -> Store {
         let pool = PgPoolOptions::new()
             .max_connections(settings.size)
             .min_connections(0)
@@ -60,15 +94,41 @@ impl Store {
         }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// Connections of the request pool now.
+    pub(crate) fn pool_stats(&self) -> PoolStats {
+        let open = self.pool.size() as usize;
+        let idle = self.pool.num_idle().min(open);
+        PoolStats {
+            in_use: open - idle,
+            idle,
+            max: self.pool.options().get_max_connections(),
+        }
+    }
+
+    /// Closes the pool, waiting for connections in use to come back.
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A transaction whose statements PostgreSQL cancels after `timeout` (`SET LOCAL
+    /// statement_timeout`, sent with the BEGIN in one round trip).
+    pub(crate) async fn begin_with_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<Transaction<'static, Postgres>, LedgerError> {
+        // statement_timeout is in whole milliseconds; 0 would mean "no timeout".
+        let ms = timeout.as_millis().max(1);
+        Ok(self
+            .pool
+            .begin_with(format!("BEGIN; SET LOCAL statement_timeout = {ms}"))
+            .await?)
     }
 
     /// A transaction whose statements PostgreSQL cancels when the caller's deadline
-    /// passes (`SET LOCAL statement_timeout`, sent with the BEGIN in one round trip), so
-    /// the database stops working for a caller that is gone — a lock wait included.
-    /// None when there is no deadline or it is later than the configured statement
-    /// timeout (which then applies as always): run without a transaction of its own.
+    /// passes, so the database stops working for a caller that is gone — a lock wait
+    /// included. None when there is no deadline or it is later than the configured
+    /// statement timeout (which then applies as always): run without a transaction of
+    /// its own.
     pub(crate) async fn deadline_transaction(
         &self,
         deadline: Option<Instant>,
@@ -83,14 +143,15 @@ impl Store {
         if left >= self.statement_timeout {
             return Ok(None);
         }
-        // statement_timeout is in whole milliseconds; 0 would mean "no timeout".
-        let ms = left.as_millis().max(1);
-        Ok(Some(
-            self.pool
-                .begin_with(format!("BEGIN; SET LOCAL statement_timeout = {ms}"))
-                .await?,
-        ))
+        self.begin_with_timeout(left).await.map(Some)
     }
+}
+
+/// The request pool's connections (for the metrics).
+pub(crate) struct PoolStats {
+    pub in_use: usize,
+    pub idle: usize,
+    pub max: u32,
 }
 
 impl Store {
@@ -179,7 +240,10 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Resul
 
 /// The connect options with logging of every statement turned down (the ledger's
 /// statements are logged by its own spans) and a name visible in `pg_stat_activity`.
-pub fn tune_options(options: PgConnectOptions, statement_timeout: Duration) -> PgConnectOptions {
+pub(crate) fn tune_options(
+    options: PgConnectOptions,
+    statement_timeout: Duration,
+) -> PgConnectOptions {
     options
         .application_name("jobledger")
         .options([(

@@ -1,8 +1,8 @@
 //! TransitionJob in the database: one call in its own transaction (`transition_job`),
 //! or many concurrent calls in one transaction (`transition_jobs`, for group commit).
 //! Both decide with `ledger::apply` on the locked current state of each job and write
-//! with the same single statement, so a batched call has exactly the semantics of a call
-//! of its own.
+//! with the same single statement (write_transitions.sql), so a batched call has exactly
+//! the semantics of a call of its own.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -12,13 +12,13 @@ use serde_json::Value;
 use sqlx::{types::Json, FromRow, PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::jobs::{EventRow, JobRow, EVENT_COLUMNS, JOB_COLUMNS};
+use super::jobs::{EventRow, JobRow};
 use super::{past_deadline, Store};
 use crate::ledger::{apply, Job, JobEvent, LedgerError, NewEvent, Transition};
 
 /// The outcome of a transition: the job after it and the events it wrote.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TransitionOutcome {
+pub(crate) struct TransitionOutcome {
     pub job: Job,
     pub events: Vec<JobEvent>,
     /// True when this call wrote nothing: it answered with the recorded outcome of an
@@ -26,7 +26,7 @@ pub struct TransitionOutcome {
     pub replayed: bool,
 }
 
-pub type TransitionResult = Result<TransitionOutcome, LedgerError>;
+pub(crate) type TransitionResult = Result<TransitionOutcome, LedgerError>;
 
 /// What an applied `request_id` recorded.
 #[derive(FromRow, Clone)]
@@ -44,6 +44,16 @@ struct LockedJob {
     #[sqlx(flatten)]
     job: JobRow,
     now: DateTime<Utc>,
+}
+
+impl LockedJob {
+    /// The job and the time its transitions are stamped with: events of a job are in
+    /// time order even if the clocks of two calls disagree.
+    fn into_current(self) -> Result<(Job, DateTime<Utc>), LedgerError> {
+        let job: Job = self.job.try_into()?;
+        let now = self.now.max(job.updated_at);
+        Ok((job, now))
+    }
 }
 
 /// A transition the state machine allowed, waiting to be written.
@@ -75,7 +85,7 @@ impl Store {
     /// database stops working for the call when it passes (a lock wait included), and
     /// nothing is written: the call then fails with `DeadlineExceeded`.
     #[tracing::instrument(skip_all, fields(org_id = %t.org_id, job_id = %t.job_id, to = %t.to))]
-    pub async fn transition_job(
+    pub(crate) async fn transition_job(
         &self,
         t: &Transition,
         deadline: Option<Instant>,
@@ -89,23 +99,11 @@ impl Store {
         deadline: Option<Instant>,
     ) -> TransitionResult {
         let mut tx = self.begin(deadline).await?;
-        // Writers of one job are serialized by a transaction-level advisory lock taken
-        // *before* the row lock. Waiting for a row lock already assigns a transaction id,
-        // so with the row lock alone, waiters could commit in a different order than
-        // their ids; an advisory lock assigns none, so ids are taken in lock order, which
-        // is commit order. The event feed relies on it: a job's events sort by
-        // (xid, seq) in the order they were committed.
-        // clock_timestamp(), not now(): a call that waited for the lock must not stamp
-        // its event earlier than the one it waited for.
-        let locked: Option<LockedJob> = sqlx::query_as(&format!(
-            "WITH serialized AS (SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0)))
-             SELECT {JOB_COLUMNS}, clock_timestamp() AS now
-             FROM serialized, job WHERE id = $1 AND org_id = $2 FOR UPDATE OF job"
-        ))
-        .bind(t.job_id)
-        .bind(t.org_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let locked: Option<LockedJob> = sqlx::query_as(include_str!("queries/lock_job.sql"))
+            .bind(t.job_id)
+            .bind(t.org_id)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(locked) = locked else {
             return Err(LedgerError::NotFound { job_id: t.job_id });
         };
@@ -115,9 +113,7 @@ impl Store {
                 return self.replay(t, recorded).await;
             }
         }
-        let job: Job = locked.job.try_into()?;
-        // Events of a job are in time order even if the clocks of two calls disagree.
-        let now = locked.now.max(job.updated_at);
+        let (job, now) = locked.into_current()?;
         let applied = apply(&job, t, now)?;
         let decided = [Decided {
             t,
@@ -143,98 +139,26 @@ impl Store {
     /// written); a value PostgreSQL refused is `InvalidArgument`, and the caller then runs
     /// each entry alone so that it fails only its own call.
     #[tracing::instrument(skip_all, fields(transitions = batch.len()))]
-    pub async fn transition_jobs(
+    pub(crate) async fn transition_jobs(
         &self,
         batch: &[Transition],
     ) -> Result<Vec<Option<TransitionResult>>, LedgerError> {
         let mut tx = self.pool.begin().await?;
-        // Try-locks in hash order, then the row locks, skipping rows locked by others.
-        // The same lock order as `transition_alone` (advisory, then row), so the event
-        // feed's commit order holds for batched writes too.
-        let rows: Vec<LockedJob> = sqlx::query_as(&format!(
-            "WITH wanted AS MATERIALIZED (
-                SELECT DISTINCT ON (h) id, org_id, h
-                FROM (SELECT w.id, w.org_id, hashtextextended(w.id::text, 0) AS h
-                      FROM unnest($1::uuid[], $2::uuid[]) AS w(id, org_id)) AS w
-                ORDER BY h
-             ), serialized AS MATERIALIZED (
-                SELECT id, org_id FROM wanted WHERE pg_try_advisory_xact_lock(h)
-             )
-             SELECT {JOB_COLUMNS}, clock_timestamp() AS now
-             FROM job WHERE (id, org_id) IN (SELECT id, org_id FROM serialized)
-             FOR UPDATE OF job SKIP LOCKED"
-        ))
-        .bind(batch.iter().map(|t| t.job_id).collect::<Vec<_>>())
-        .bind(batch.iter().map(|t| t.org_id).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut current: HashMap<Uuid, (Job, DateTime<Utc>)> = HashMap::new();
-        for row in rows {
-            let job: Job = row.job.try_into()?;
-            let now = row.now.max(job.updated_at);
-            current.insert(job.id, (job, now));
-        }
-        let in_batch: Vec<bool> = batch
+        let mut current = lock_batch(&mut tx, batch).await?;
+        let members: Vec<&Transition> = batch
             .iter()
-            .map(|t| {
-                current
-                    .get(&t.job_id)
-                    .is_some_and(|(job, _)| job.org_id == t.org_id)
-            })
+            .filter(|t| is_member(&current, t) && t.request_id.is_some())
             .collect();
-        let with_request_id: Vec<&Transition> = batch
-            .iter()
-            .zip(&in_batch)
-            .filter(|(t, &member)| t.request_id.is_some() && member)
-            .map(|(t, _)| t)
-            .collect();
-        let recorded: HashMap<(Uuid, String), RecordedRequest> = if with_request_id.is_empty() {
+        let recorded: HashMap<(Uuid, String), RecordedRequest> = if members.is_empty() {
             HashMap::new()
         } else {
-            recorded_requests(&mut tx, &with_request_id)
+            recorded_requests(&mut tx, &members)
                 .await?
                 .into_iter()
                 .map(|r| ((r.job_id, r.request_id.clone()), r))
                 .collect()
         };
-
-        let mut decided: Vec<Decided> = Vec::new();
-        let mut applied_here: HashMap<(Uuid, String), usize> = HashMap::new();
-        let mut answers = Vec::with_capacity(batch.len());
-        for (t, member) in batch.iter().zip(in_batch) {
-            if !member {
-                answers.push(Answer::Alone);
-                continue;
-            }
-            if let Some(request_id) = &t.request_id {
-                let key = (t.job_id, request_id.clone());
-                if let Some(recorded) = recorded.get(&key) {
-                    answers.push(Answer::Replay(Box::new(recorded.clone())));
-                    continue;
-                }
-                if let Some(&k) = applied_here.get(&key) {
-                    answers.push(Answer::SameRequestAs(k));
-                    continue;
-                }
-            }
-            let (job, now) = current.get_mut(&t.job_id).expect("in_batch checked it");
-            match apply(job, t, *now) {
-                Ok(applied) => {
-                    *job = applied.job.clone();
-                    if let Some(request_id) = &t.request_id {
-                        applied_here.insert((t.job_id, request_id.clone()), decided.len());
-                    }
-                    answers.push(Answer::Decided(decided.len()));
-                    decided.push(Decided {
-                        t,
-                        job: applied.job,
-                        events: applied.events,
-                        now: *now,
-                    });
-                }
-                Err(e) => answers.push(Answer::Failed(e)),
-            }
-        }
+        let (decided, answers) = decide_batch(batch, &mut current, &recorded);
         let events = if decided.is_empty() {
             Vec::new()
         } else {
@@ -283,12 +207,10 @@ impl Store {
         if recorded.to_status != t.to.as_db_str() {
             return Err(LedgerError::RequestIdReused { job_id: t.job_id });
         }
-        let rows: Vec<EventRow> = sqlx::query_as(&format!(
-            "SELECT {EVENT_COLUMNS} FROM job_event WHERE id = ANY($1) ORDER BY xid, seq"
-        ))
-        .bind(&recorded.event_ids)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<EventRow> = sqlx::query_as(include_str!("queries/events_by_id.sql"))
+            .bind(&recorded.event_ids)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(TransitionOutcome {
             job: recorded.job_snapshot.0,
             events: rows
@@ -300,6 +222,79 @@ impl Store {
     }
 }
 
+/// The jobs of a batch whose locks were free, locked, each with the time its
+/// transitions are stamped with.
+async fn lock_batch(
+    tx: &mut PgConnection,
+    batch: &[Transition],
+) -> Result<HashMap<Uuid, (Job, DateTime<Utc>)>, LedgerError> {
+    let rows: Vec<LockedJob> = sqlx::query_as(include_str!("queries/lock_jobs.sql"))
+        .bind(batch.iter().map(|t| t.job_id).collect::<Vec<_>>())
+        .bind(batch.iter().map(|t| t.org_id).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut current = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let (job, now) = row.into_current()?;
+        current.insert(job.id, (job, now));
+    }
+    Ok(current)
+}
+
+/// Whether a batch entry's job is locked for the batch and in the entry's org.
+fn is_member(current: &HashMap<Uuid, (Job, DateTime<Utc>)>, t: &Transition) -> bool {
+    current
+        .get(&t.job_id)
+        .is_some_and(|(job, _)| job.org_id == t.org_id)
+}
+
+/// Decides each entry of a batch in order, on its job's state after the entries before
+/// it: what to write, and how each entry is answered.
+fn decide_batch<'a>(
+    batch: &'a [Transition],
+    current: &mut HashMap<Uuid, (Job, DateTime<Utc>)>,
+    recorded: &HashMap<(Uuid, String), RecordedRequest>,
+) -> (Vec<Decided<'a>>, Vec<Answer>) {
+    let mut decided: Vec<Decided> = Vec::new();
+    let mut applied_here: HashMap<(Uuid, String), usize> = HashMap::new();
+    let mut answers = Vec::with_capacity(batch.len());
+    for t in batch {
+        if !is_member(current, t) {
+            answers.push(Answer::Alone);
+            continue;
+        }
+        if let Some(request_id) = &t.request_id {
+            let key = (t.job_id, request_id.clone());
+            if let Some(recorded) = recorded.get(&key) {
+                answers.push(Answer::Replay(Box::new(recorded.clone())));
+                continue;
+            }
+            if let Some(&k) = applied_here.get(&key) {
+                answers.push(Answer::SameRequestAs(k));
+                continue;
+            }
+        }
+        let (job, now) = current.get_mut(&t.job_id).expect("is_member checked it");
+        match apply(job, t, *now) {
+            Ok(applied) => {
+                *job = applied.job.clone();
+                if let Some(request_id) = &t.request_id {
+                    applied_here.insert((t.job_id, request_id.clone()), decided.len());
+                }
+                answers.push(Answer::Decided(decided.len()));
+                decided.push(Decided {
+                    t,
+                    job: applied.job,
+                    events: applied.events,
+                    now: *now,
+                });
+            }
+            Err(e) => answers.push(Answer::Failed(e)),
+        }
+    }
+    (decided, answers)
+}
+
 /// The recorded outcomes of these calls' request_ids, where there are any. A statement of
 /// its own, after the locks: under READ COMMITTED it gets a fresh snapshot and so sees the
 /// outcome recorded by a concurrent call with the same request_id that held the lock
@@ -309,20 +304,113 @@ async fn recorded_requests(
     tx: &mut PgConnection,
     calls: &[&Transition],
 ) -> Result<Vec<RecordedRequest>, LedgerError> {
-    Ok(sqlx::query_as(
-        "SELECT job_id, request_id, to_status, job_snapshot, event_ids
-         FROM job_transition_request
-         WHERE (job_id, request_id) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))",
+    Ok(
+        sqlx::query_as(include_str!("queries/recorded_requests.sql"))
+            .bind(calls.iter().map(|t| t.job_id).collect::<Vec<_>>())
+            .bind(
+                calls
+                    .iter()
+                    .map(|t| t.request_id.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(tx)
+            .await?,
     )
-    .bind(calls.iter().map(|t| t.job_id).collect::<Vec<_>>())
-    .bind(
-        calls
-            .iter()
-            .map(|t| t.request_id.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .fetch_all(tx)
-    .await?)
+}
+
+/// The job rows of write_transitions.sql: the last state of each job (a job may be
+/// transitioned several times in a batch), one column per array.
+#[derive(Default)]
+struct JobColumns<'a> {
+    id: Vec<Uuid>,
+    status: Vec<&'static str>,
+    attempt: Vec<i32>,
+    ts: Vec<DateTime<Utc>>,
+    started_at: Vec<Option<DateTime<Utc>>>,
+    finished_at: Vec<Option<DateTime<Utc>>>,
+    error_code: Vec<Option<&'a str>>,
+    error_message: Vec<Option<&'a str>>,
+    stage: Vec<Option<&'a str>>,
+    progress: Vec<Option<i32>>,
+    result: Vec<Option<&'a Value>>,
+}
+
+/// The recorded outcomes of the calls that carried a request_id, and the events of
+/// every call in order, with each call's slice of them (1-based, inclusive).
+#[derive(Default)]
+struct EventColumns<'a> {
+    id: Vec<Uuid>,
+    job_id: Vec<Uuid>,
+    org_id: Vec<Uuid>,
+    ts: Vec<DateTime<Utc>>,
+    prev: Vec<&'static str>,
+    next: Vec<&'static str>,
+    attempt: Vec<i32>,
+    detail: Vec<Value>,
+    slices: Vec<(i32, i32)>,
+    request_job_id: Vec<Uuid>,
+    request_id: Vec<&'a str>,
+    request_to: Vec<&'static str>,
+    request_snapshot: Vec<Json<&'a Job>>,
+    request_first: Vec<i32>,
+    request_last: Vec<i32>,
+}
+
+impl<'a> JobColumns<'a> {
+    fn of(decided: &'a [Decided<'_>]) -> JobColumns<'a> {
+        let mut last: HashMap<Uuid, usize> = HashMap::new();
+        for (k, d) in decided.iter().enumerate() {
+            last.insert(d.job.id, k);
+        }
+        let mut finals: Vec<&Decided> = last.values().map(|&k| &decided[k]).collect();
+        finals.sort_by_key(|d| d.job.id);
+        let mut c = JobColumns::default();
+        for d in finals {
+            let j = &d.job;
+            c.id.push(j.id);
+            c.status.push(j.status.as_db_str());
+            c.attempt.push(j.attempt);
+            c.ts.push(d.now);
+            c.started_at.push(j.started_at);
+            c.finished_at.push(j.finished_at);
+            c.error_code.push(j.last_error_code.as_deref());
+            c.error_message.push(j.last_error_message.as_deref());
+            c.stage.push(j.stage.as_deref());
+            c.progress.push(j.progress);
+            c.result.push(j.result.as_ref());
+        }
+        c
+    }
+}
+
+impl<'a> EventColumns<'a> {
+    fn of(decided: &'a [Decided<'_>]) -> EventColumns<'a> {
+        let mut c = EventColumns::default();
+        for d in decided {
+            let first = c.id.len() as i32 + 1;
+            for e in &d.events {
+                c.id.push(Uuid::new_v4());
+                c.job_id.push(d.job.id);
+                c.org_id.push(d.job.org_id);
+                c.ts.push(d.now);
+                c.prev.push(e.prev_status.as_db_str());
+                c.next.push(e.next_status.as_db_str());
+                c.attempt.push(e.attempt);
+                c.detail.push(Value::Object(e.detail.clone()));
+            }
+            let slice = (first, c.id.len() as i32);
+            c.slices.push(slice);
+            if let Some(request_id) = &d.t.request_id {
+                c.request_job_id.push(d.job.id);
+                c.request_id.push(request_id);
+                c.request_to.push(d.t.to.as_db_str());
+                c.request_snapshot.push(Json(&d.job));
+                c.request_first.push(slice.0);
+                c.request_last.push(slice.1);
+            }
+        }
+        c
+    }
 }
 
 /// Writes decided transitions in one statement: each job's final state, every event in
@@ -332,152 +420,49 @@ async fn write(
     tx: &mut PgConnection,
     decided: &[Decided<'_>],
 ) -> Result<Vec<Vec<JobEvent>>, LedgerError> {
-    // The job rows: the last state of each job (a job may be transitioned several times).
-    let mut last: HashMap<Uuid, usize> = HashMap::new();
-    for (k, d) in decided.iter().enumerate() {
-        last.insert(d.job.id, k);
-    }
-    let mut finals: Vec<&Decided> = last.values().map(|&k| &decided[k]).collect();
-    finals.sort_by_key(|d| d.job.id);
-    // The events, in call order, and each call's slice of them (1-based, inclusive).
-    let mut ids = Vec::new();
-    let mut slices = Vec::with_capacity(decided.len());
-    for d in decided {
-        let first = ids.len() as i32 + 1;
-        ids.extend(d.events.iter().map(|_| Uuid::new_v4()));
-        slices.push((first, ids.len() as i32));
-    }
-    let events = || {
-        decided
-            .iter()
-            .flat_map(|d| d.events.iter().map(move |e| (d, e)))
-    };
-    let recorded: Vec<(&Decided, (i32, i32))> = decided
-        .iter()
-        .zip(slices.iter().copied())
-        .filter(|(d, _)| d.t.request_id.is_some())
-        .collect();
-    let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(
-        "WITH updated AS (
-            UPDATE job SET status = u.status, attempt = u.attempt, updated_at = u.ts,
-                started_at = u.started_at, finished_at = u.finished_at,
-                last_error_code = u.error_code, last_error_message = u.error_message,
-                stage = u.stage, progress = u.progress, result = u.result
-            FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::timestamptz[],
-                        $5::timestamptz[], $6::timestamptz[], $7::text[], $8::text[],
-                        $9::text[], $10::int4[], $11::jsonb[])
-                 AS u(id, status, attempt, ts, started_at, finished_at, error_code,
-                      error_message, stage, progress, result)
-            WHERE job.id = u.id
-         ), recorded AS (
-            INSERT INTO job_transition_request (job_id, request_id, to_status, job_snapshot,
-                                                event_ids)
-            SELECT r.job_id, r.request_id, r.to_status, r.snapshot,
-                   ($12::uuid[])[r.first_event:r.last_event]
-            FROM unnest($13::uuid[], $14::text[], $15::text[], $16::jsonb[], $17::int4[],
-                        $18::int4[])
-                 AS r(job_id, request_id, to_status, snapshot, first_event, last_event)
-         )
-         INSERT INTO job_event (id, job_id, org_id, ts, prev_status, next_status, attempt,
-                                detail_json)
-         SELECT e.id, e.job_id, e.org_id, e.ts, e.prev, e.next, e.attempt, e.detail
-         FROM unnest($12::uuid[], $19::uuid[], $20::uuid[], $21::timestamptz[], $22::text[],
-                     $23::text[], $24::int4[], $25::jsonb[])
-              WITH ORDINALITY AS e(id, job_id, org_id, ts, prev, next, attempt, detail, n)
-         ORDER BY e.n
-         RETURNING id, seq, xid::text::int8",
-    )
-    .bind(finals.iter().map(|d| d.job.id).collect::<Vec<_>>())
-    .bind(
-        finals
-            .iter()
-            .map(|d| d.job.status.as_db_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(finals.iter().map(|d| d.job.attempt).collect::<Vec<_>>())
-    .bind(finals.iter().map(|d| d.now).collect::<Vec<_>>())
-    .bind(finals.iter().map(|d| d.job.started_at).collect::<Vec<_>>())
-    .bind(finals.iter().map(|d| d.job.finished_at).collect::<Vec<_>>())
-    .bind(
-        finals
-            .iter()
-            .map(|d| d.job.last_error_code.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        finals
-            .iter()
-            .map(|d| d.job.last_error_message.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        finals
-            .iter()
-            .map(|d| d.job.stage.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(finals.iter().map(|d| d.job.progress).collect::<Vec<_>>())
-    .bind(
-        finals
-            .iter()
-            .map(|d| d.job.result.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(&ids)
-    .bind(recorded.iter().map(|(d, _)| d.job.id).collect::<Vec<_>>())
-    .bind(
-        recorded
-            .iter()
-            .map(|(d, _)| d.t.request_id.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        recorded
-            .iter()
-            .map(|(d, _)| d.t.to.as_db_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        recorded
-            .iter()
-            .map(|(d, _)| Json(&d.job))
-            .collect::<Vec<_>>(),
-    )
-    .bind(recorded.iter().map(|(_, s)| s.0).collect::<Vec<_>>())
-    .bind(recorded.iter().map(|(_, s)| s.1).collect::<Vec<_>>())
-    .bind(events().map(|(d, _)| d.job.id).collect::<Vec<_>>())
-    .bind(events().map(|(d, _)| d.job.org_id).collect::<Vec<_>>())
-    .bind(events().map(|(d, _)| d.now).collect::<Vec<_>>())
-    .bind(
-        events()
-            .map(|(_, e)| e.prev_status.as_db_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        events()
-            .map(|(_, e)| e.next_status.as_db_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(events().map(|(_, e)| e.attempt).collect::<Vec<_>>())
-    .bind(
-        events()
-            .map(|(_, e)| Value::Object(e.detail.clone()))
-            .collect::<Vec<_>>(),
-    )
-    .fetch_all(&mut *tx)
-    .await?;
+    let jobs = JobColumns::of(decided);
+    let events = EventColumns::of(decided);
+    let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(include_str!("queries/write_transitions.sql"))
+        .bind(&jobs.id)
+        .bind(&jobs.status)
+        .bind(&jobs.attempt)
+        .bind(&jobs.ts)
+        .bind(&jobs.started_at)
+        .bind(&jobs.finished_at)
+        .bind(&jobs.error_code)
+        .bind(&jobs.error_message)
+        .bind(&jobs.stage)
+        .bind(&jobs.progress)
+        .bind(&jobs.result)
+        .bind(&events.id)
+        .bind(&events.request_job_id)
+        .bind(&events.request_id)
+        .bind(&events.request_to)
+        .bind(&events.request_snapshot)
+        .bind(&events.request_first)
+        .bind(&events.request_last)
+        .bind(&events.job_id)
+        .bind(&events.org_id)
+        .bind(&events.ts)
+        .bind(&events.prev)
+        .bind(&events.next)
+        .bind(&events.attempt)
+        .bind(&events.detail)
+        .fetch_all(&mut *tx)
+        .await?;
     let written: HashMap<Uuid, (i64, i64)> = rows
         .into_iter()
         .map(|(id, seq, xid)| (id, (seq, xid)))
         .collect();
     Ok(decided
         .iter()
-        .zip(slices)
-        .map(|(d, (first, last))| {
-            let mut events: Vec<JobEvent> = d
+        .zip(&events.slices)
+        .map(|(d, &(first, last))| {
+            let ids = &events.id[(first - 1) as usize..last as usize];
+            let mut written_events: Vec<JobEvent> = d
                 .events
                 .iter()
-                .zip(&ids[(first - 1) as usize..last as usize])
+                .zip(ids)
                 .map(|(e, id)| {
                     let (seq, xid) = written.get(id).copied().unwrap_or_default();
                     JobEvent {
@@ -494,8 +479,8 @@ async fn write(
                     }
                 })
                 .collect();
-            events.sort_by_key(|e| e.seq);
-            events
+            written_events.sort_by_key(|e| e.seq);
+            written_events
         })
         .collect())
 }

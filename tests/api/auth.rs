@@ -3,9 +3,11 @@
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64URL, Engine};
 use jobledger::{
-    config::{Secret, ServeArgs},
     proto::{self, JobStatus},
-    startup::Application,
+    server::{
+        config::{AuthConfig, Secret},
+        Application, Config,
+    },
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ring::{
@@ -61,9 +63,9 @@ fn bearer<T>(message: T, token: &str) -> Request<T> {
 /// A server checking HS256 tokens from ISSUER for AUDIENCE.
 async fn hs256_app() -> TestApp {
     spawn_app_with(|a| {
-        a.auth.auth_hs256_secret = Some(Secret::new(SECRET));
-        a.auth.auth_issuer = Some(ISSUER.to_owned());
-        a.auth.auth_audience = Some(AUDIENCE.to_owned());
+        a.auth.get_or_insert_with(AuthConfig::new).hs256_secret = Some(Secret::new(SECRET));
+        a.auth.get_or_insert_with(AuthConfig::new).issuer = Some(ISSUER.to_owned());
+        a.auth.get_or_insert_with(AuthConfig::new).audience = Some(AUDIENCE.to_owned());
     })
     .await
 }
@@ -534,8 +536,8 @@ async fn es256_public_key_file_with_a_nested_org_claim() {
     let path = dir.path().join("public.pem");
     std::fs::write(&path, &pem).unwrap();
     let app = spawn_app_with(|a| {
-        a.auth.auth_public_key_file = Some(path.clone());
-        a.auth.auth_org_claim = "app_metadata.org_id".to_owned();
+        a.auth.get_or_insert_with(AuthConfig::new).public_key_file = Some(path.clone());
+        a.auth.get_or_insert_with(AuthConfig::new).org_claim = "app_metadata.org_id".to_owned();
     })
     .await;
     let mut client = app.client.clone();
@@ -599,8 +601,8 @@ async fn jwks_picks_the_key_by_kid() {
     let path = dir.path().join("jwks.json");
     std::fs::write(&path, json!({"keys": [jwk1, jwk2]}).to_string()).unwrap();
     let app = spawn_app_with(|a| {
-        a.auth.auth_jwks_file = Some(path.clone());
-        a.auth.auth_audience = Some(AUDIENCE.to_owned());
+        a.auth.get_or_insert_with(AuthConfig::new).jwks_file = Some(path.clone());
+        a.auth.get_or_insert_with(AuthConfig::new).audience = Some(AUDIENCE.to_owned());
     })
     .await;
     let mut client = app.client.clone();
@@ -641,34 +643,45 @@ async fn unusable_auth_settings_stop_start_up() {
     std::fs::write(&not_a_key, "hello").unwrap();
     let empty_jwks = dir.path().join("empty.json");
     std::fs::write(&empty_jwks, r#"{"keys": []}"#).unwrap();
-    type Configure<'a> = Box<dyn Fn(&mut ServeArgs) + 'a>;
+    type Configure<'a> = Box<dyn Fn(&mut Config) + 'a>;
     let cases: Vec<(&str, Configure)> = vec![
         (
             "short secret",
-            Box::new(|a| a.auth.auth_hs256_secret = Some(Secret::new("short"))),
+            Box::new(|a| {
+                a.auth.get_or_insert_with(AuthConfig::new).hs256_secret = Some(Secret::new("short"))
+            }),
         ),
         (
             "issuer without a key",
-            Box::new(|a| a.auth.auth_issuer = Some(ISSUER.to_owned())),
+            Box::new(|a| {
+                a.auth.get_or_insert_with(AuthConfig::new).issuer = Some(ISSUER.to_owned())
+            }),
         ),
         (
             "missing key file",
-            Box::new(|a| a.auth.auth_public_key_file = Some("/nonexistent/key.pem".into())),
+            Box::new(|a| {
+                a.auth.get_or_insert_with(AuthConfig::new).public_key_file =
+                    Some("/nonexistent/key.pem".into())
+            }),
         ),
         (
             "not a key",
-            Box::new(|a| a.auth.auth_public_key_file = Some(not_a_key.clone())),
+            Box::new(|a| {
+                a.auth.get_or_insert_with(AuthConfig::new).public_key_file = Some(not_a_key.clone())
+            }),
         ),
         (
             "empty key set",
-            Box::new(|a| a.auth.auth_jwks_file = Some(empty_jwks.clone())),
+            Box::new(|a| {
+                a.auth.get_or_insert_with(AuthConfig::new).jwks_file = Some(empty_jwks.clone())
+            }),
         ),
     ];
     for (what, configure) in cases {
         // No database is reached: the settings are refused first.
-        let mut args = ServeArgs::for_database("postgres://postgres@127.0.0.1:1/none");
+        let mut args = Config::for_database("postgres://postgres@127.0.0.1:1/none").unwrap();
         args.listen_addr = "127.0.0.1:0".parse().unwrap();
-        args.startup_timeout_ms = 100;
+        args.startup_timeout = std::time::Duration::from_millis(100);
         configure(&mut args);
         let err = match Application::build(args).await {
             Ok(_) => panic!("{what}: started"),

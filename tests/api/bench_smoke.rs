@@ -1,51 +1,45 @@
 //! `jobledger bench` keeps working: a short run of every workload against a test server.
 
-use clap::Parser;
-use jobledger::{
-    bench,
-    config::{Cli, Command},
-};
+use std::process::Command;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, BIN};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_generator_runs_every_workload_and_reports() {
     let app = spawn_app().await;
-    let cli = Cli::try_parse_from([
-        "jobledger",
-        "bench",
-        "--addr",
-        &app.addr,
-        "--workloads",
-        "create,get,transition,mixed,create-batch",
-        "--concurrency",
-        "2",
-        "--connections",
-        "2",
-        "--duration",
-        "0.4",
-        "--warmup",
-        "0.1",
-        "--batch-size",
-        "20",
-    ])
-    .expect("bench arguments parse");
-    let Some(Command::Bench(args)) = cli.command else {
-        panic!("not the bench command");
-    };
-    let report = bench::run(args.run).await.expect("bench runs");
-    assert_eq!(report.measurements.len(), 5);
-    for m in &report.measurements {
-        assert!(m.requests > 0, "{m:?}");
-        assert_eq!(m.errors, 0, "{m:?}");
-        assert!(m.throughput > 0.0, "{m:?}");
-        let l = &m.latency_ms;
+    let addr = app.addr.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["bench", "--addr", &addr])
+            .args(["--workloads", "create,get,transition,mixed,create-batch"])
+            .args(["--concurrency", "2", "--connections", "2"])
+            .args(["--duration", "0.4", "--warmup", "0.1", "--batch-size", "20"])
+            .args(["--output", "json"])
+            .output()
+            .expect("runs jobledger bench")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("the report is JSON");
+    let measurements = report["measurements"].as_array().expect("measurements");
+    assert_eq!(measurements.len(), 5);
+    for m in measurements {
+        assert!(m["requests"].as_u64().unwrap() > 0, "{m}");
+        assert_eq!(m["errors"], 0, "{m}");
+        assert!(m["throughput"].as_f64().unwrap() > 0.0, "{m}");
+        let l = &m["latency_ms"];
+        let q = |k: &str| l[k].as_f64().unwrap();
         assert!(
-            0.0 < l.p50 && l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.max,
-            "{m:?}"
+            0.0 < q("p50") && q("p50") <= q("p90") && q("p90") <= q("p99") && q("p99") <= q("max"),
+            "{m}"
         );
-        assert!(l.max < 60_000.0, "{m:?}");
+        assert!(q("max") < 60_000.0, "{m}");
     }
-    let json = serde_json::to_value(&report).unwrap();
-    assert_eq!(json["measurements"][4]["workload"], "create-batch");
+    assert_eq!(report["measurements"][4]["workload"], "create-batch");
 }

@@ -1210,7 +1210,7 @@ async fn concurrent_creates_are_grouped_into_shared_commits_with_each_callers_ou
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_group_commit_every_create_is_its_own_transaction() {
-    let app = spawn_app_with(|a| a.group_commit_writers = 0).await;
+    let app = spawn_app_with(|a| a.group_commit = None).await;
     let responses = create_concurrently(&app, 90).await;
     assert_eq!(responses.iter().filter(|r| r.created).count(), 30);
     let commits: i64 = sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM job")

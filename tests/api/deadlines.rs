@@ -96,7 +96,7 @@ async fn a_transition_past_its_deadline_is_cancelled_in_the_database() {
 #[tokio::test]
 async fn without_group_commit_too() {
     transition_behind_a_row_lock_is_cancelled(
-        spawn_app_with(|args| args.group_commit_writers = 0).await,
+        spawn_app_with(|args| args.group_commit = None).await,
     )
     .await;
 }
@@ -157,7 +157,8 @@ async fn count_and_list_past_their_deadline_are_cancelled_in_the_database() {
 
 #[tokio::test]
 async fn a_deadline_longer_than_the_statement_timeout_does_not_extend_it() {
-    let app = spawn_app_with(|args| args.statement_timeout_ms = 300).await;
+    let app =
+        spawn_app_with(|args| args.statement_timeout = std::time::Duration::from_millis(300)).await;
     let lock = lock_job_table(&app).await;
     let started = std::time::Instant::now();
     let status = app

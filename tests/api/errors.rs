@@ -1091,7 +1091,7 @@ async fn json_limit_is_configurable() {
         .await
         .expect("200 bytes of params fit the default 64 KiB");
 
-    let small = spawn_app_with(|a| a.limits.max_json_bytes = 100).await;
+    let small = spawn_app_with(|a| a.limits.json_bytes = 100).await;
     let status = create_with(&small, req).await.unwrap_err();
     assert_eq!(violated_fields(&status), ["params"]);
     assert_eq!(small.count("job").await, 0);
@@ -1131,7 +1131,7 @@ async fn json_limit_is_configurable() {
 
 #[tokio::test]
 async fn type_length_limit_is_configurable() {
-    let app = spawn_app_with(|a| a.limits.max_type_chars = 10).await;
+    let app = spawn_app_with(|a| a.limits.type_chars = 10).await;
     create_with(
         &app,
         proto::CreateJobRequest {
@@ -1156,7 +1156,7 @@ async fn type_length_limit_is_configurable() {
 
 #[tokio::test]
 async fn max_attempts_limit_is_configurable() {
-    let app = spawn_app_with(|a| a.limits.max_attempts_limit = 3).await;
+    let app = spawn_app_with(|a| a.limits.max_attempts = 3).await;
     let job = create_with(
         &app,
         proto::CreateJobRequest {
@@ -1185,11 +1185,11 @@ async fn max_attempts_limit_is_configurable() {
 #[tokio::test]
 async fn every_other_limit_is_configurable_too() {
     let app = spawn_app_with(|a| {
-        a.limits.max_key_chars = 5;
-        a.limits.max_stage_chars = 5;
-        a.limits.max_error_code_chars = 5;
-        a.limits.max_error_message_bytes = 6;
-        a.limits.max_json_depth = 3;
+        a.limits.key_chars = 5;
+        a.limits.stage_chars = 5;
+        a.limits.error_code_chars = 5;
+        a.limits.error_message_bytes = 6;
+        a.limits.json_depth = 3;
     })
     .await;
 

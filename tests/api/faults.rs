@@ -32,8 +32,8 @@ use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
 
-use crate::helpers::{object, reason, spawn_app_on, ServerProcess, TestApp};
-use crate::pg_cluster::PrivateCluster;
+use crate::helpers::{object, reason, spawn_app_on, ServerProcess, TestApp, BIN};
+use jobledger::testkit::cluster::PrivateCluster;
 
 /// Every load call's client deadline.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -308,8 +308,10 @@ async fn assert_acknowledged_present(db: &PgPool, record: &Record) -> (usize, us
     (record.creates.len(), record.transitions.len(), event_count)
 }
 
-async fn assert_invariants_hold(db: &PgPool) -> jobledger::check::CheckReport {
-    let report = jobledger::check::check(db).await.expect("the checker runs");
+async fn assert_invariants_hold(db: &PgPool) -> jobledger::tools::check::CheckReport {
+    let report = jobledger::tools::check::check(db)
+        .await
+        .expect("the checker runs");
     assert!(report.ok, "invariants violated:\n{}", report.to_text());
     assert_eq!(report.invariants.len(), 6);
     report
@@ -376,12 +378,12 @@ async fn backends(db: &PgPool, application: &str) -> i64 {
 /// the health probe (1 s interval, 500 ms timeout) and a 1 s acquire timeout.
 async fn app_on(cluster: &PrivateCluster, statement_timeout_ms: Option<u64>) -> TestApp {
     let app = spawn_app_on(&cluster.base_url(), "jobledger", |args| {
-        args.probe_interval_ms = 1000;
-        args.probe_timeout_ms = 500;
-        args.db_acquire_timeout_ms = 1000;
+        args.probe_interval = std::time::Duration::from_millis(1000);
+        args.probe_timeout = std::time::Duration::from_millis(500);
+        args.db_acquire_timeout = std::time::Duration::from_millis(1000);
         args.pool_size = POOL_SIZE as u32;
         if let Some(ms) = statement_timeout_ms {
-            args.statement_timeout_ms = ms;
+            args.statement_timeout = std::time::Duration::from_millis(ms);
         }
     })
     .await;
@@ -535,7 +537,7 @@ async fn database_stopped_immediately_under_load_loses_nothing_acknowledged() {
 async fn server_killed_mid_load_loses_nothing_and_retries_create_no_duplicates() {
     let cluster = PrivateCluster::start();
     let url = format!("{}/jobledger", cluster.base_url());
-    let mut server = ServerProcess::start(&url, &[]).await;
+    let mut server = ServerProcess::start(BIN, &url, &[]).await;
     let db = PgPoolOptions::new()
         .max_connections(3)
         .connect(&url)
@@ -549,7 +551,7 @@ async fn server_killed_mid_load_loses_nothing_and_retries_create_no_duplicates()
     let killed = Instant::now();
     server.child.wait().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let server = ServerProcess::start(&url, &[]).await;
+    let server = ServerProcess::start(BIN, &url, &[]).await;
     clients_tx.send(connect(&server.addr).await).unwrap();
     let back_after = killed.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -13,7 +13,10 @@ use crate::helpers::{reason, spawn_app_with, TestApp};
 
 async fn one_writer() -> TestApp {
     spawn_app_with(|args| {
-        args.group_commit_writers = 1;
+        args.group_commit = Some(jobledger::server::config::GroupCommitConfig {
+            writers: 1,
+            ..Default::default()
+        });
     })
     .await
 }
@@ -56,7 +59,7 @@ async fn largest_batch(app: &TestApp) -> i64 {
 }
 
 async fn assert_invariants_hold(app: &TestApp) {
-    let report = jobledger::check::check(&app.db).await.unwrap();
+    let report = jobledger::tools::check::check(&app.db).await.unwrap();
     assert!(report.ok, "{}", report.to_text());
 }
 

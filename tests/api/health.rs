@@ -3,7 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use jobledger::{config::ServeArgs, proto, startup::Application};
+use jobledger::{
+    proto,
+    server::{Application, Config},
+};
 use tokio_stream::StreamExt;
 use tonic::{transport::Channel, Code};
 use tonic_health::pb::{
@@ -11,7 +14,7 @@ use tonic_health::pb::{
 };
 
 use crate::helpers::{reason, spawn_app, spawn_app_on};
-use crate::pg_cluster::PrivateCluster;
+use jobledger::testkit::cluster::PrivateCluster;
 
 async fn check(
     health: &HealthClient<Channel>,
@@ -75,9 +78,9 @@ async fn flip(mode: &str) {
     let cluster = PrivateCluster::start();
     let app = spawn_app_on(&cluster.base_url(), "jobledger", |args| {
         // The defaults: the timing measured here is the timing operators get.
-        args.probe_interval_ms = 1000;
-        args.probe_timeout_ms = 500;
-        args.db_acquire_timeout_ms = 1000;
+        args.probe_interval = std::time::Duration::from_millis(1000);
+        args.probe_timeout = std::time::Duration::from_millis(500);
+        args.db_acquire_timeout = std::time::Duration::from_millis(1000);
     })
     .await;
     wait_for(
@@ -183,9 +186,9 @@ async fn health_flips_when_the_database_stops_immediately_and_returns() {
 async fn not_serving_until_the_first_probe_succeeds() {
     let cluster = PrivateCluster::start();
     let url = format!("{}/jobledger", cluster.base_url());
-    let mut args = ServeArgs::for_database(&url);
+    let mut args = Config::for_database(&url).unwrap();
     args.listen_addr = "127.0.0.1:0".parse().unwrap();
-    args.probe_interval_ms = 100;
+    args.probe_interval = std::time::Duration::from_millis(100);
     // Migrated, then the database goes away before the server starts serving.
     let app = Application::build(args).await.unwrap();
     let port = app.port();

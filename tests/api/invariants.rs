@@ -5,8 +5,8 @@
 use std::process::Command;
 
 use jobledger::{
-    check::{check, names, CheckReport},
     proto::{self, JobStatus as S},
+    tools::check::{check, names, CheckReport},
 };
 use serde_json::json;
 use tonic::Code;

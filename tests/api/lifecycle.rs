@@ -202,7 +202,7 @@ fn health_exit(addr: &str, service: &str) -> Option<i32> {
 #[tokio::test]
 async fn sigterm_finishes_in_flight_calls_refuses_new_ones_and_exits_zero() {
     let db = ScratchDb::new();
-    let mut server = ServerProcess::start(&db.url(), &["--drain-timeout-ms", "8000"]).await;
+    let mut server = ServerProcess::start(BIN, &db.url(), &["--drain-timeout-ms", "8000"]).await;
     let channel = Channel::from_shared(server.addr.clone())
         .unwrap()
         .connect()

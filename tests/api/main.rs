@@ -3,7 +3,6 @@
 //! see the server's logs.
 
 mod helpers;
-mod pg_cluster;
 
 mod auth;
 mod batch;

@@ -5,16 +5,13 @@ use std::{
     collections::HashSet,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use http::uri::PathAndQuery;
 use jobledger::{
-    config::ServeArgs,
-    metrics::MetricsAddr,
     proto::{self, JobStatus},
-    startup::Application,
+    server::{config::MetricsAddr, Application, Config},
 };
 use sqlx::{Connection, Executor, PgConnection};
 use tonic::{transport::Channel, Code};
@@ -187,10 +184,10 @@ fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-async fn spawn_metered(configure: impl FnOnce(&mut ServeArgs)) -> (TestApp, SocketAddr) {
+async fn spawn_metered(configure: impl FnOnce(&mut Config)) -> (TestApp, SocketAddr) {
     let addr = free_addr();
     let app = spawn_app_with(|args| {
-        args.metrics.addr = Some(MetricsAddr::At(addr));
+        args.metrics.addr = MetricsAddr::At(addr);
         configure(args);
     })
     .await;
@@ -463,7 +460,7 @@ fn assert_jobs_match(m: &Exposition, counts: &[(String, i64)]) {
 async fn the_jobs_gauge_is_the_exact_count_by_status_at_most_once_per_interval() {
     let interval = Duration::from_millis(2000);
     let (app, addr) = spawn_metered(|args| {
-        args.metrics.job_count_interval_ms = interval.as_millis() as u64;
+        args.metrics.job_count_interval = interval;
     })
     .await;
     let jobs: Vec<proto::Job> = {
@@ -520,7 +517,10 @@ async fn the_jobs_gauge_is_the_exact_count_by_status_at_most_once_per_interval()
 
 #[tokio::test]
 async fn a_job_count_stuck_behind_a_lock_does_not_hold_up_the_scrape() {
-    let (app, addr) = spawn_metered(|args| args.metrics.job_count_interval_ms = 200).await;
+    let (app, addr) = spawn_metered(|args| {
+        args.metrics.job_count_interval = std::time::Duration::from_millis(200)
+    })
+    .await;
     create(&app, "metrics.locked", 0).await;
     // Our own transaction holds the table: the count waits, until its timeout.
     let mut locker = PgConnection::connect(&app.database_url).await.unwrap();
@@ -761,13 +761,13 @@ async fn only_get_metrics_is_served() {
 #[tokio::test]
 async fn the_application_reports_its_metrics_address_and_closes_it_on_shutdown() {
     let db = ScratchDb::new();
-    let mut args = ServeArgs::for_database(&db.url());
+    let mut args = Config::for_database(&db.url()).unwrap();
     args.listen_addr = "127.0.0.1:0".parse().unwrap();
     args.pool_size = 3;
     // for_database: loopback, a free port.
     assert_eq!(
         args.metrics.addr,
-        Some(MetricsAddr::At("127.0.0.1:0".parse().unwrap()))
+        MetricsAddr::At("127.0.0.1:0".parse().unwrap())
     );
     let app = Application::build(args).await.unwrap();
     let addr = app.metrics_addr().expect("metrics on");
@@ -789,10 +789,10 @@ async fn the_application_reports_its_metrics_address_and_closes_it_on_shutdown()
 async fn an_explicit_metrics_address_in_use_stops_start_up() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     // Refused before the database is reached.
-    let mut args = ServeArgs::for_database("postgres://postgres@127.0.0.1:1/none");
+    let mut args = Config::for_database("postgres://postgres@127.0.0.1:1/none").unwrap();
     args.listen_addr = "127.0.0.1:0".parse().unwrap();
-    args.startup_timeout_ms = 100;
-    args.metrics.addr = Some(MetricsAddr::At(taken.local_addr().unwrap()));
+    args.startup_timeout = std::time::Duration::from_millis(100);
+    args.metrics.addr = MetricsAddr::At(taken.local_addr().unwrap());
     let err = match Application::build(args).await {
         Ok(_) => panic!("started on a taken metrics port"),
         Err(e) => format!("{e:#}"),
@@ -845,7 +845,7 @@ async fn metrics_off_binds_no_port() {
     let db = ScratchDb::new();
     // Control: on, it is a second listening port that serves /metrics.
     let metrics = free_addr();
-    let on = ServerProcess::start(&db.url(), &["--metrics-addr", &metrics.to_string()]).await;
+    let on = ServerProcess::start(BIN, &db.url(), &["--metrics-addr", &metrics.to_string()]).await;
     assert_eq!(
         listening_ports(on.child.id()),
         HashSet::from([port_of(&on), metrics.port()])
@@ -853,7 +853,7 @@ async fn metrics_off_binds_no_port() {
     scrape(metrics).await;
     drop(on);
 
-    let off = ServerProcess::start(&db.url(), &["--metrics-addr", "off"]).await;
+    let off = ServerProcess::start(BIN, &db.url(), &["--metrics-addr", "off"]).await;
     assert_eq!(
         listening_ports(off.child.id()),
         HashSet::from([port_of(&off)])
@@ -862,31 +862,14 @@ async fn metrics_off_binds_no_port() {
 
     // The variable, and its empty value, do the same.
     for value in ["off", ""] {
-        let port = free_addr().port();
-        let child = Command::new(BIN)
-            .args(["serve", "--database-url", &db.url()])
-            .args(["--listen-addr", &format!("127.0.0.1:{port}")])
+        let server = ServerProcess::command(BIN, &db.url())
             .env("JOBLEDGER_METRICS_ADDR", value)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = ServerProcess {
-            child,
-            addr: format!("http://127.0.0.1:{port}"),
-        };
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "never listened"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            .start()
+            .await
+            .expect("jobledger serve");
         assert_eq!(
             listening_ports(server.child.id()),
-            HashSet::from([port]),
+            HashSet::from([server.port]),
             "JOBLEDGER_METRICS_ADDR={value:?}"
         );
     }

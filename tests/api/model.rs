@@ -965,7 +965,7 @@ async fn run_case(ctx: &Ctx<'_>, case: &Case) -> Result<(), String> {
         .filter(|e| e.writer == Writer::AutoDeadLetter)
         .count() as u64;
 
-    let report = jobledger::check::check(&ctx.app.db)
+    let report = jobledger::tools::check::check(&ctx.app.db)
         .await
         .map_err(|e| format!("the checker failed: {e:#}"))?;
     if !report.ok {

@@ -203,7 +203,7 @@ async fn wait_for_lock_waiters(app: &TestApp, n: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_beyond_the_inflight_cap_are_refused_at_once_and_succeed_after() {
     const CAP: usize = 3;
-    let app = spawn_app_with(|a| a.protection.max_inflight_requests = CAP as u32).await;
+    let app = spawn_app_with(|a| a.connections.max_inflight_requests = Some(CAP as u32)).await;
     let job = app.create("held").await;
 
     // The test holds the job's row lock: CAP transitions of it block in the database.
@@ -304,7 +304,7 @@ async fn calls_beyond_the_inflight_cap_are_refused_at_once_and_succeed_after() {
 
 #[tokio::test]
 async fn an_inflight_cap_of_zero_is_no_cap() {
-    let app = spawn_app_with(|a| a.protection.max_inflight_requests = 0).await;
+    let app = spawn_app_with(|a| a.connections.max_inflight_requests = None).await;
     let job = app.create("uncapped").await;
     let mut calls = JoinSet::new();
     for _ in 0..20 {
@@ -332,7 +332,10 @@ fn refused_by_a_closing_connection(status: &tonic::Status) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_move_to_new_connections_at_the_maximum_age_and_no_call_runs_twice() {
-    let app = spawn_app_with(|a| a.protection.max_connection_age_ms = 300).await;
+    let app = spawn_app_with(|a| {
+        a.connections.max_connection_age = Some(std::time::Duration::from_millis(300))
+    })
+    .await;
     let relay = Relay::start(app.port).await;
     let client = JobLedgerClient::new(relay.channel().await);
 
@@ -396,8 +399,8 @@ async fn clients_move_to_new_connections_at_the_maximum_age_and_no_call_runs_twi
 #[tokio::test]
 async fn a_stream_outliving_the_maximum_age_is_cut_after_the_grace() {
     let app = spawn_app_with(|a| {
-        a.protection.max_connection_age_ms = 300;
-        a.protection.max_connection_age_grace_ms = Some(500);
+        a.connections.max_connection_age = Some(std::time::Duration::from_millis(300));
+        a.connections.max_connection_age_grace = Some(std::time::Duration::from_millis(500));
     })
     .await;
     let relay = Relay::start(app.port).await;
@@ -454,7 +457,10 @@ async fn a_stream_outliving_the_maximum_age_is_cut_after_the_grace() {
 
 #[tokio::test]
 async fn without_a_grace_a_stream_outlives_the_maximum_age() {
-    let app = spawn_app_with(|a| a.protection.max_connection_age_ms = 300).await;
+    let app = spawn_app_with(|a| {
+        a.connections.max_connection_age = Some(std::time::Duration::from_millis(300))
+    })
+    .await;
     let relay = Relay::start(app.port).await;
     let mut client = JobLedgerClient::new(relay.channel().await);
     let mut stream = org_stream(&mut client).await;
@@ -477,8 +483,8 @@ async fn without_a_grace_a_stream_outlives_the_maximum_age() {
 #[tokio::test]
 async fn keepalive_pings_close_a_silent_connection_and_keep_a_live_one() {
     let app = spawn_app_with(|a| {
-        a.protection.http2_keepalive_interval_ms = 200;
-        a.protection.http2_keepalive_timeout_ms = 300;
+        a.connections.http2_keepalive_interval = Some(std::time::Duration::from_millis(200));
+        a.connections.http2_keepalive_timeout = std::time::Duration::from_millis(300);
     })
     .await;
     let relay = Relay::start(app.port).await;
@@ -514,7 +520,7 @@ async fn keepalive_pings_close_a_silent_connection_and_keep_a_live_one() {
 
 #[tokio::test]
 async fn without_keepalive_a_silent_connection_stays_open() {
-    let app = spawn_app_with(|a| a.protection.http2_keepalive_interval_ms = 0).await;
+    let app = spawn_app_with(|a| a.connections.http2_keepalive_interval = None).await;
     let relay = Relay::start(app.port).await;
     let mut health = HealthClient::new(relay.channel().await);
     health
@@ -530,7 +536,7 @@ async fn without_keepalive_a_silent_connection_stays_open() {
 
 #[tokio::test]
 async fn calls_beyond_the_streams_per_connection_wait_for_a_free_slot() {
-    let app = spawn_app_with(|a| a.protection.max_concurrent_streams_per_connection = 2).await;
+    let app = spawn_app_with(|a| a.connections.max_concurrent_streams_per_connection = 2).await;
     let job = app.create("slots").await;
     let mut client = app.new_client().await;
     // The first call carries the server's SETTINGS to the client.

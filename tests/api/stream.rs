@@ -349,7 +349,7 @@ async fn bad_requests_are_refused_with_the_right_codes() {
 
 #[tokio::test]
 async fn streams_over_the_cap_are_resource_exhausted_and_slots_come_back() {
-    let app = spawn_app_with(|a| a.max_streams = 2).await;
+    let app = spawn_app_with(|a| a.feed.max_streams = 2).await;
     let org = |o: &str| proto::StreamEventsRequest {
         org_id: o.into(),
         ..Default::default()
@@ -408,9 +408,9 @@ async fn shutdown_ends_open_streams_with_unavailable_promptly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_failure_mid_stream_ends_it_with_unavailable_never_as_complete() {
-    let cluster = crate::pg_cluster::PrivateCluster::start();
+    let cluster = jobledger::testkit::cluster::PrivateCluster::start();
     let app = crate::helpers::spawn_app_on(&cluster.base_url(), "jobledger", |a| {
-        a.db_acquire_timeout_ms = 500;
+        a.db_acquire_timeout = std::time::Duration::from_millis(500);
     })
     .await;
     let job = create_in(&app, ORG_A, "backlog").await;

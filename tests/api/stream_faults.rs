@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::{transport::Channel, Code, Status, Streaming};
 
-use crate::helpers::{reason, spawn_app, spawn_app_with, to_json, ServerProcess, TestApp};
+use crate::helpers::{reason, spawn_app, spawn_app_with, to_json, ServerProcess, TestApp, BIN};
 
 const ORG_A: &str = "a1a1a1a1-0000-4000-8000-00000000000a";
 const ORG_B: &str = "b2b2b2b2-0000-4000-8000-00000000000b";
@@ -770,9 +770,14 @@ async fn job_feed_under_random_resumes(writers: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_process_streams_what_the_first_one_writes_and_vice_versa() {
     // Poll intervals of a minute: what arrives within seconds came through NOTIFY.
-    let app = spawn_app_with(|a| a.stream_poll_interval_ms = 60_000).await;
-    let other =
-        ServerProcess::start(&app.database_url, &["--stream-poll-interval-ms", "60000"]).await;
+    let app =
+        spawn_app_with(|a| a.feed.poll_interval = std::time::Duration::from_millis(60_000)).await;
+    let other = ServerProcess::start(
+        BIN,
+        &app.database_url,
+        &["--stream-poll-interval-ms", "60000"],
+    )
+    .await;
     let remote = connect(&other.addr).await;
     let local = app.client.clone();
 
@@ -817,7 +822,8 @@ async fn a_second_server_process_streams_what_the_first_one_writes_and_vice_vers
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_listener_connection_reconnects_and_wakes_subscribers() {
     // No periodic re-read within the test: only the listener can deliver in time.
-    let app = spawn_app_with(|a| a.stream_poll_interval_ms = 60_000).await;
+    let app =
+        spawn_app_with(|a| a.feed.poll_interval = std::time::Duration::from_millis(60_000)).await;
     let job = create_running(&app.client, "", "listener").await;
     let mut stream = open(&app.client, job_req("", &job, "")).await;
     next_event(&mut stream, Duration::from_secs(5), "created").await;
@@ -874,7 +880,8 @@ async fn a_killed_listener_connection_reconnects_and_wakes_subscribers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_without_a_notification_is_found_by_the_periodic_re_read() {
-    let app = spawn_app_with(|a| a.stream_poll_interval_ms = 200).await;
+    let app =
+        spawn_app_with(|a| a.feed.poll_interval = std::time::Duration::from_millis(200)).await;
     let job = create_running(&app.client, ORG_A, "silent").await;
     let mut job_stream = open(&app.client, job_req(ORG_A, &job, "")).await;
     next_event(&mut job_stream, Duration::from_secs(5), "created").await;
@@ -1172,7 +1179,7 @@ async fn sigterm_with_a_stalled_reader_exits_zero_within_the_drain_timeout() {
     .await
     .unwrap();
     // The second process has a drain timeout of 3 s.
-    let mut server = ServerProcess::start(&app.database_url, &[]).await;
+    let mut server = ServerProcess::start(BIN, &app.database_url, &[]).await;
     let remote = connect(&server.addr).await;
     let mut unread = open(&remote, job_req(ORG_A, &backlog, "")).await;
     next_event(&mut unread, Duration::from_secs(5), "first event").await;
@@ -1313,7 +1320,7 @@ async fn org_streams_under_concurrent_load_of_two_orgs_carry_only_their_own_even
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_streams_free_their_slots_even_when_their_subscribers_were_blocked() {
-    let app = spawn_app_with(|a| a.max_streams = 5).await;
+    let app = spawn_app_with(|a| a.feed.max_streams = 5).await;
     let job = create_running(&app.client, ORG_A, "capped").await;
     sqlx::query(
         "INSERT INTO job_event (job_id, org_id, prev_status, next_status, attempt, detail_json)

@@ -87,7 +87,7 @@ async fn everything(app: &TestApp) -> (serde_json::Value, serde_json::Value, ser
 }
 
 async fn assert_invariants_hold(app: &TestApp) {
-    let report = jobledger::check::check(&app.db).await.unwrap();
+    let report = jobledger::tools::check::check(&app.db).await.unwrap();
     assert!(report.ok, "{}", report.to_text());
 }
 

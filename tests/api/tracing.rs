@@ -5,9 +5,8 @@
 //! collector is unreachable, calls do not notice.
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    process::{Command, Stdio},
+    process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -28,7 +27,6 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 use tonic::{transport::Channel, Code};
-use tonic_health::pb::health_client::HealthClient;
 
 use crate::helpers::{ScratchDb, ServerProcess, BIN};
 
@@ -46,77 +44,29 @@ struct LoggingServer {
 /// Starts the binary on `db` with `env` (RUST_LOG=info unless given; no OTEL_* variable
 /// from the caller's environment) and `extra` flags; waits until it is SERVING.
 async fn start_server(db: &ScratchDb, env: &[(&str, &str)], extra: &[&str]) -> LoggingServer {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut command = Command::new(BIN);
-    command
-        .args(["serve", "--database-url", &db.url()])
-        .args(["--listen-addr", &format!("127.0.0.1:{port}")])
-        .args(["--probe-interval-ms", "100", "--drain-timeout-ms", "3000"])
+    let mut command = ServerProcess::command(BIN, &db.url())
         // CreateJob writes in the handler's task, so its SQL runs inside the call's span.
-        .args(["--group-commit-writers", "0"])
-        .args(extra);
+        .args(&["--group-commit-writers", "0"])
+        .args(extra)
+        .env_remove_prefix("OTEL_")
+        .env("RUST_LOG", "info")
+        .show_logs(false)
+        .capture_stdout();
     if !extra.contains(&"--log-format") {
-        command.args(["--log-format", "json"]);
+        command = command.args(&["--log-format", "json"]);
     }
-    for (name, _) in std::env::vars() {
-        if name.starts_with("OTEL_") {
-            command.env_remove(name);
-        }
-    }
-    command.env("RUST_LOG", "info");
     for (name, value) in env {
-        command.env(name, value);
+        command = command.env(name, value);
     }
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn jobledger serve");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let stdout = child.stdout.take().unwrap();
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let process = ServerProcess {
-        child,
-        addr: format!("http://127.0.0.1:{port}"),
-    };
-    let started = Instant::now();
-    let channel = loop {
-        if let Ok(channel) = Channel::from_shared(process.addr.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
-            let serving = HealthClient::new(channel.clone())
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .map(|r| r.into_inner().status == 1)
-                .unwrap_or(false);
-            if serving {
-                break channel;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the server process did not become healthy; its output:\n{}",
-            lines.lock().unwrap().join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let process = command.start().await.expect("jobledger serve");
+    let channel = Channel::from_shared(process.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .expect("client connects");
     LoggingServer {
+        lines: process.stdout.clone(),
         process,
-        lines,
         client: JobLedgerClient::new(channel),
     }
 }

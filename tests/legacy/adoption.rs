@@ -247,7 +247,7 @@ async fn a_database_the_python_stack_migrated_is_adopted_and_served() {
     let jobs_before = python_view(pool, "job", &JOB_COLUMNS).await;
     let events_before = python_view(pool, "job_event", &EVENT_COLUMNS).await;
 
-    let imports = jobledger::legacy::migrate(&db.options())
+    let imports = jobledger::tools::legacy::migrate(&db.options())
         .await
         .expect("the Python stack's database migrates");
     assert!(imports.is_empty(), "no `jobs` table, nothing imported");
@@ -297,7 +297,7 @@ async fn a_database_the_python_stack_migrated_is_adopted_and_served() {
     assert_eq!(job.progress, 100);
     assert_eq!(
         job.result,
-        Some(jobledger::api::convert::json_to_struct(
+        Some(jobledger::proto::json::json_to_struct(
             &json!({"rows": 3, "ü": "ß"})
         ))
     );
@@ -310,7 +310,7 @@ async fn a_database_the_python_stack_migrated_is_adopted_and_served() {
     assert_eq!(job.progress, 45);
     assert_eq!(
         job.result,
-        Some(jobledger::api::convert::json_to_struct(&json!([1, 2])))
+        Some(jobledger::proto::json::json_to_struct(&json!([1, 2])))
     );
 
     let job = server
@@ -347,9 +347,7 @@ async fn a_database_the_python_stack_migrated_is_adopted_and_served() {
             job_id: odd.id.to_string(),
             to_status: proto::JobStatus::Succeeded as i32,
             attempt: Some(2),
-            result: Some(jobledger::api::convert::json_to_struct(
-                &json!({"ok": true}),
-            )),
+            result: Some(jobledger::proto::json::json_to_struct(&json!({"ok": true}))),
             ..Default::default()
         })
         .await
@@ -387,7 +385,9 @@ async fn an_adopted_database_that_still_has_the_older_jobs_table_imports_it_too(
     let rows = legacy_rows(25);
     insert_legacy(&db.pool, &rows).await;
 
-    let imports = jobledger::legacy::migrate(&db.options()).await.unwrap();
+    let imports = jobledger::tools::legacy::migrate(&db.options())
+        .await
+        .unwrap();
     assert_eq!(imports.len(), 1);
     assert_eq!(imports[0].imported, 25);
     assert_eq!(db.count("job").await, 26);

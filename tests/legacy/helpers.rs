@@ -6,31 +6,24 @@ use std::{process::Command, sync::LazyLock, time::Duration};
 
 use chrono::{DateTime, TimeZone, Utc};
 use jobledger::{
-    config::ServeArgs,
     proto::{self, job_ledger_client::JobLedgerClient},
-    startup::Application,
+    server::Config,
+    testkit::{self, InProcessServer},
 };
 use serde_json::{json, Value};
 use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
     types::Json,
-    Connection, Executor, FromRow, PgConnection, PgPool,
+    FromRow, PgPool,
 };
-use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_jobledger");
 
-/// The PostgreSQL server tests create their databases on.
-pub fn base_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
-}
-
 static TRACING: LazyLock<()> = LazyLock::new(|| {
     if std::env::var_os("TEST_LOG").is_some() {
-        jobledger::telemetry::init(Some(jobledger::config::LogFormat::Pretty));
+        jobledger::server::telemetry::init(Some(jobledger::server::telemetry::LogFormat::Pretty));
     }
 });
 
@@ -39,29 +32,27 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
 pub struct ScratchDb {
     pub name: String,
     pub pool: PgPool,
+    db: testkit::ScratchDb,
 }
 
 impl ScratchDb {
     pub async fn new() -> ScratchDb {
-        let name = format!("jl_test_{}", Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&format!("{}/postgres", base_url()))
-            .await
-            .expect("connects to the shared server");
-        admin
-            .execute(format!("CREATE DATABASE \"{name}\"").as_str())
-            .await
-            .expect("creates the scratch database");
-        admin.close().await.ok();
+        let db = testkit::ScratchDb::new();
+        db.create().await.expect("creates the scratch database");
         let pool = PgPoolOptions::new()
             .max_connections(3)
-            .connect(&format!("{}/{name}", base_url()))
+            .connect(&db.url())
             .await
             .expect("test pool connects");
-        ScratchDb { name, pool }
+        ScratchDb {
+            name: db.name.clone(),
+            pool,
+            db,
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("{}/{}", base_url(), self.name)
+        self.db.url()
     }
 
     pub fn options(&self) -> PgConnectOptions {
@@ -104,30 +95,6 @@ impl ScratchDb {
             .fetch_one(&self.pool)
             .await
             .unwrap()
-    }
-}
-
-impl Drop for ScratchDb {
-    fn drop(&mut self) {
-        let admin = format!("{}/postgres", base_url());
-        let name = self.name.clone();
-        // Drop cannot await, and the test's runtime may be gone: a thread of its own.
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async move {
-                    if let Ok(mut c) = PgConnection::connect(&admin).await {
-                        let _ = c
-                            .execute(
-                                format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str(),
-                            )
-                            .await;
-                    }
-                })
-        })
-        .join();
     }
 }
 
@@ -346,33 +313,22 @@ pub async fn fingerprint(pool: &PgPool, table: &str) -> String {
 /// A jobledger server on `db` (which it migrates), on 127.0.0.1:0.
 pub struct Server {
     pub client: JobLedgerClient<Channel>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    server: InProcessServer,
 }
 
 impl Server {
     pub async fn start(db: &ScratchDb) -> Server {
         LazyLock::force(&TRACING);
-        let mut args = ServeArgs::for_database(&db.url());
-        args.listen_addr = "127.0.0.1:0".parse().unwrap();
-        args.probe_interval_ms = 100;
-        args.drain_timeout_ms = 2_000;
-        let app = Application::build(args).await.expect("application builds");
-        let port = app.port();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until_stopped(async move {
-            rx.await.ok();
-        }));
-        let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
+        let mut config = Config::for_database(&db.url()).unwrap();
+        config.probe_interval = Duration::from_millis(100);
+        config.drain_timeout = Duration::from_secs(2);
+        let server = InProcessServer::start(config)
             .await
-            .expect("client connects");
+            .expect("application builds");
+        let channel = server.channel().await.expect("client connects");
         Server {
             client: JobLedgerClient::new(channel).max_decoding_message_size(16 * 1024 * 1024),
-            shutdown: Some(tx),
-            task: Some(task),
+            server,
         }
     }
 
@@ -391,22 +347,7 @@ impl Server {
     }
 
     pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await
-                .expect("server task")
-                .expect("server stops cleanly");
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.server.stop().await.expect("server stops cleanly");
     }
 }
 
@@ -431,7 +372,7 @@ pub fn assert_old_view(job: &proto::Job, row: &LegacyRow) {
     assert_eq!(job.progress, row.progress.unwrap_or_default(), "{id}");
     assert_eq!(
         job.result,
-        row.result().map(jobledger::api::convert::json_to_struct),
+        row.result().map(jobledger::proto::json::json_to_struct),
         "{id}"
     );
     assert_eq!(

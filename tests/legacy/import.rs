@@ -146,7 +146,7 @@ async fn ten_thousand_old_rows_are_imported_field_by_field_and_served_as_before(
     assert!(rows.iter().any(|r| r.error.is_none()));
 
     let started = Instant::now();
-    let imports = jobledger::legacy::migrate(&db.options())
+    let imports = jobledger::tools::legacy::migrate(&db.options())
         .await
         .expect("migrations run");
     let took = started.elapsed();
@@ -273,11 +273,13 @@ async fn running_the_import_again_imports_nothing_twice() {
     db.exec(LEGACY_DDL).await;
     let rows = legacy_rows(300);
     insert_legacy(&db.pool, &rows).await;
-    let imports = jobledger::legacy::migrate(&db.options()).await.unwrap();
+    let imports = jobledger::tools::legacy::migrate(&db.options())
+        .await
+        .unwrap();
     assert_eq!(imports[0].imported, 300);
 
     // The migrations again: nothing to do.
-    assert!(jobledger::legacy::migrate(&db.options())
+    assert!(jobledger::tools::legacy::migrate(&db.options())
         .await
         .unwrap()
         .is_empty());
@@ -323,8 +325,8 @@ async fn running_the_import_again_imports_nothing_twice() {
     .await;
     let options = db.options();
     let (a, b) = tokio::join!(
-        jobledger::legacy::import(&options),
-        jobledger::legacy::import(&options)
+        jobledger::tools::legacy::import(&options),
+        jobledger::tools::legacy::import(&options)
     );
     a.expect("first import");
     b.expect("second import");
@@ -344,7 +346,9 @@ async fn rows_without_timestamps_borrow_the_other_one() {
     rows[0].created_at = None;
     rows[1].updated_at = None;
     insert_legacy(&db.pool, &rows).await;
-    jobledger::legacy::migrate(&db.options()).await.unwrap();
+    jobledger::tools::legacy::migrate(&db.options())
+        .await
+        .unwrap();
     let times: Vec<(Uuid, DateTime<Utc>, DateTime<Utc>)> =
         sqlx::query_as("SELECT id, created_at, updated_at FROM job")
             .fetch_all(&db.pool)

@@ -103,8 +103,12 @@ async fn the_old_stacks_changes_after_a_rollback_come_forward_again() {
     db.exec(LEGACY_DDL).await;
     let rows = legacy_rows(100);
     insert_legacy(&db.pool, &rows).await;
-    jobledger::legacy::migrate(&db.options()).await.unwrap();
-    jobledger::legacy::export(&db.options()).await.unwrap();
+    jobledger::tools::legacy::migrate(&db.options())
+        .await
+        .unwrap();
+    jobledger::tools::legacy::export(&db.options())
+        .await
+        .unwrap();
 
     // The old stack runs again for a while: finishes a job, takes a new one.
     let processing = rows
@@ -127,7 +131,9 @@ async fn the_old_stacks_changes_after_a_rollback_come_forward_again() {
         .await
         .unwrap();
 
-    let imports = jobledger::legacy::import(&db.options()).await.unwrap();
+    let imports = jobledger::tools::legacy::import(&db.options())
+        .await
+        .unwrap();
     assert_eq!(imports.len(), 1, "{imports:?}");
     assert_eq!(
         (
@@ -147,7 +153,7 @@ async fn the_old_stacks_changes_after_a_rollback_come_forward_again() {
     assert_eq!((job.stage.as_str(), job.progress), ("done", 100));
     assert_eq!(
         job.result,
-        Some(jobledger::api::convert::json_to_struct(&json!({"rows": 7})))
+        Some(jobledger::proto::json::json_to_struct(&json!({"rows": 7})))
     );
     let events: Vec<(Option<String>, String)> = sqlx::query_as(
         "SELECT prev_status, next_status FROM job_event WHERE job_id = $1 ORDER BY seq",
@@ -177,7 +183,7 @@ async fn jobs_the_ledger_ran_are_exported_with_their_losses_reported() {
     let mut client = server.client.clone();
     let create = |job_type: &str| proto::CreateJobRequest {
         r#type: job_type.to_owned(),
-        params: Some(jobledger::api::convert::json_to_struct(&json!({"n": 1}))),
+        params: Some(jobledger::proto::json::json_to_struct(&json!({"n": 1}))),
         ..Default::default()
     };
     let mut ids = Vec::new();
@@ -218,7 +224,7 @@ async fn jobs_the_ledger_ran_are_exported_with_their_losses_reported() {
         .unwrap();
     client
         .transition_job(proto::TransitionJobRequest {
-            result: Some(jobledger::api::convert::json_to_struct(&json!({"rows": 3}))),
+            result: Some(jobledger::proto::json::json_to_struct(&json!({"rows": 3}))),
             ..step(&ids[2], proto::JobStatus::Succeeded)
         })
         .await
@@ -245,7 +251,9 @@ async fn jobs_the_ledger_ran_are_exported_with_their_losses_reported() {
         .unwrap();
     server.stop().await;
 
-    let report = jobledger::legacy::export(&db.options()).await.unwrap();
+    let report = jobledger::tools::legacy::export(&db.options())
+        .await
+        .unwrap();
     assert_eq!(report.exported, 5);
     assert_eq!(report.shape_from, None, "no import: the documented shape");
     assert_eq!(report.lossy.canceled_as_failed, 1);

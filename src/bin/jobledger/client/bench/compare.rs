@@ -1,0 +1,226 @@
+//! `jobledger bench compare`: pgbench running each RPC's SQL (bench/*.sql) on the same
+//! fresh database right before the same workload over gRPC, and their ratio.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{bail, Context};
+use jobledger::testkit::ScratchDb;
+use serde::Serialize;
+use sqlx::{postgres::PgConnectOptions, Connection, Executor, PgConnection};
+
+use super::load::{measure, rss_mib, Target};
+use super::report::print_comparison_row;
+use super::{CompareArgs, LoadArgs, Measurement, Output, Workload};
+
+const SCRIPTS: [(&str, &str); 3] = [
+    (
+        "create.sql",
+        include_str!("../../../../../bench/create.sql"),
+    ),
+    ("get.sql", include_str!("../../../../../bench/get.sql")),
+    (
+        "transition.sql",
+        include_str!("../../../../../bench/transition.sql"),
+    ),
+];
+
+/// Jobs `bench compare` puts in the table for the pgbench GetJob and TransitionJob scripts.
+const PGBENCH_JOBS: i64 = 10_000;
+
+/// One row of `bench compare`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComparisonRow {
+    pub workload: Workload,
+    pub concurrency: usize,
+    pub pgbench_tps: f64,
+    pub grpc: Measurement,
+    pub ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub idle_rss_mib: Option<f64>,
+    pub pool_sizes: Vec<u32>,
+    pub rows: Vec<ComparisonRow>,
+}
+
+/// `jobledger bench compare`.
+pub async fn compare(args: CompareArgs) -> anyhow::Result<Comparison> {
+    let database = ScratchDb::on(&args.server.base_url, "jl_bench_");
+    database.create().await?;
+    let scripts = std::env::temp_dir().join(format!("jobledger-bench-{}", std::process::id()));
+    // The database (when `database` drops) and the scripts go away whether the run
+    // succeeded or not.
+    let result = compare_on(&args, &database, &scripts).await;
+    std::fs::remove_dir_all(&scripts).ok();
+    result
+}
+
+async fn compare_on(
+    args: &CompareArgs,
+    database: &ScratchDb,
+    scripts: &Path,
+) -> anyhow::Result<Comparison> {
+    let load = &args.load;
+    std::fs::create_dir_all(scripts)?;
+    for (name, text) in SCRIPTS {
+        std::fs::write(scripts.join(name), text)?;
+    }
+    let options = database.options()?;
+    jobledger::store::prepare_database(&options).await?;
+    populate_for_pgbench(&options).await?;
+    let mut comparison = Comparison {
+        idle_rss_mib: None,
+        pool_sizes: Vec::new(),
+        rows: Vec::new(),
+    };
+    for &c in &load.concurrency {
+        let pool = args.server.pool_size.unwrap_or((c as u32).max(15));
+        comparison.pool_sizes.push(pool);
+        for &w in &load.workloads {
+            let Some(files) = pgbench_files(w) else {
+                continue;
+            };
+            // A server per row: idle while pgbench runs (its event listener is awake for
+            // both), and stopped afterwards so its pool's connections do not count
+            // against max_connections in the next pgbench run.
+            let server = args.server.spawn(&database.url(), pool).await?;
+            let mut target =
+                Target::connect(&server.addr, load.connections, Some(server.pid())).await?;
+            target.touch().await?;
+            comparison
+                .idle_rss_mib
+                .get_or_insert(rss_mib(server.pid(), "VmRSS:"));
+            // GetJob over gRPC reads the same rows the pgbench script reads.
+            target.get_ids = (1..=PGBENCH_JOBS).map(numbered_job_id).collect();
+            let tps = pgbench(&args.pgbench, &options, scripts, &files, c, load)?;
+            let grpc = measure(&target, w, c, load).await?;
+            drop(target);
+            drop(server);
+            let row = ComparisonRow {
+                workload: w,
+                concurrency: c,
+                pgbench_tps: tps,
+                ratio: grpc.throughput / tps,
+                grpc,
+            };
+            if load.output == Output::Table {
+                print_comparison_row(&row, comparison.rows.is_empty());
+            }
+            comparison.rows.push(row);
+        }
+    }
+    match load.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&comparison)?),
+        Output::Table => println!(
+            "\nserver idle RSS {:.1} MiB; pool sizes {:?}",
+            comparison.idle_rss_mib.unwrap_or(f64::NAN),
+            comparison.pool_sizes
+        ),
+    }
+    Ok(comparison)
+}
+
+/// The pgbench scripts (with weights) that run what a workload's calls run.
+fn pgbench_files(w: Workload) -> Option<Vec<&'static str>> {
+    Some(match w {
+        Workload::Create => vec!["create.sql"],
+        Workload::Get => vec!["get.sql"],
+        Workload::Transition => vec!["transition.sql"],
+        // create, 3 gets, 3 transitions: the calls of one mixed iteration.
+        Workload::Mixed => vec!["create.sql@1", "get.sql@3", "transition.sql@3"],
+        Workload::CreateBatch => return None,
+    })
+}
+
+fn pgbench(
+    bin: &PathBuf,
+    options: &PgConnectOptions,
+    scripts: &Path,
+    files: &[&str],
+    concurrency: usize,
+    load: &LoadArgs,
+) -> anyhow::Result<f64> {
+    let threads = concurrency.min(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let mut command = Command::new(bin);
+    command
+        .current_dir(scripts)
+        .args(["-n", "-M", "prepared", "-D"])
+        .arg(format!("njobs={PGBENCH_JOBS}"))
+        .args(["-c", &concurrency.to_string(), "-j", &threads.to_string()])
+        .args(["-T", &(load.duration.round().max(1.0) as u64).to_string()])
+        .args([
+            "-h",
+            options.get_host(),
+            "-p",
+            &options.get_port().to_string(),
+        ])
+        .args(["-U", options.get_username()]);
+    for f in files {
+        command.args(["-f", f]);
+    }
+    command.arg(options.get_database().unwrap_or("postgres"));
+    let mut tries = 0;
+    let out = loop {
+        let out = command
+            .output()
+            .with_context(|| format!("running {}", bin.display()))?;
+        // A shared PostgreSQL may be near max_connections for a moment (the connections
+        // of the server that just stopped, other clients): wait and try again.
+        let busy = String::from_utf8_lossy(&out.stderr).contains("too many clients");
+        if out.status.success() || !busy || tries == 10 {
+            break out;
+        }
+        tries += 1;
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "pgbench failed: {}{}",
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no tps in pgbench's output: {stdout}"))
+}
+
+/// The id of pgbench's job number `n`: lpad(to_hex(n), 32, '0')::uuid.
+fn numbered_job_id(n: i64) -> String {
+    uuid::Uuid::from_u128(n as u128).to_string()
+}
+
+/// PGBENCH_JOBS RUNNING jobs numbered 1.. (ids lpad(to_hex(n), 32, '0')), each with its
+/// creation event, for the GetJob and TransitionJob scripts.
+async fn populate_for_pgbench(options: &PgConnectOptions) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect_with(options).await?;
+    sqlx::query(
+        "INSERT INTO job (id, org_id, type, status, attempt, max_attempts, requested_by,
+                          params, started_at)
+         SELECT lpad(to_hex(n), 32, '0')::uuid, '00000000-0000-0000-0000-000000000000',
+                'bench', 'running', 1, 5, 'bench', '{\"bench\": true}', now()
+         FROM generate_series(1, $1::int8) AS n",
+    )
+    .bind(PGBENCH_JOBS)
+    .execute(&mut conn)
+    .await?;
+    conn.execute(
+        "INSERT INTO job_event (job_id, org_id, ts, prev_status, next_status, attempt,
+                                detail_json)
+         SELECT id, org_id, created_at, NULL, 'queued', 0, '{\"actor\": \"bench\"}'
+         FROM job",
+    )
+    .await?;
+    conn.execute("VACUUM ANALYZE job, job_event").await?;
+    conn.close().await.ok();
+    Ok(())
+}

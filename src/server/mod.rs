@@ -1,0 +1,300 @@
+//! The server: a typed [`Config`] in, a listening gRPC server out.
+//! [`Application::build`] prepares the database and binds the port (so tests learn it
+//! before serving); [`Application::run_until_stopped`] serves until the shutdown future
+//! resolves, then drains (docs/architecture.md: the shutdown sequence).
+
+pub mod auth;
+pub mod config;
+mod health;
+mod metrics;
+mod middleware;
+pub mod service;
+pub mod status;
+pub mod telemetry;
+mod tls;
+
+pub use config::Config;
+
+use std::{future::Future, net::SocketAddr, time::Instant};
+
+use anyhow::Context;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{server::TcpIncoming, Server},
+};
+
+use crate::feed::{self, Feed};
+use crate::proto::{self, job_ledger_server::JobLedgerServer};
+use crate::store::{self, GroupCommit, PoolSettings, Store};
+use auth::{AuthInterceptor, Verifier};
+use health::{probe_loop, HealthState};
+use metrics::Metrics;
+use middleware::{AgedConnection, CallObserverLayer, InflightLimit};
+use service::LedgerService;
+use tls::ServerTls;
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    store: Store,
+    config: Config,
+    auth: Option<Verifier>,
+    tls: Option<ServerTls>,
+    metrics: Metrics,
+    metrics_listener: Option<TcpListener>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+impl Application {
+    /// Checks the settings and reads the key and certificate files (a bad one stops
+    /// start-up at once), creates and migrates the database (waiting up to the start-up
+    /// timeout for it to be reachable), then binds the listen and metrics addresses.
+    pub async fn build(mut config: Config) -> anyhow::Result<Application> {
+        config.validate()?;
+        config.database = store::tune_options(config.database, config.statement_timeout);
+        let options = &config.database;
+        tracing::info!(
+            host = options.get_host(),
+            port = options.get_port(),
+            database = options.get_database().unwrap_or_default(),
+            user = options.get_username(),
+            "using database"
+        );
+        let auth = config.auth.as_ref().map(Verifier::new).transpose()?;
+        if auth.is_some() {
+            tracing::info!("authentication on: JobLedger calls need a bearer token");
+        }
+        let tls = config.tls.as_ref().map(ServerTls::new).transpose()?;
+        match config.tls.as_ref().map(|t| &t.client_ca_file) {
+            Some(Some(ca)) => tracing::info!(
+                client_ca_file = %ca.display(),
+                "mutual TLS on: clients need a certificate signed by the client CA"
+            ),
+            Some(None) => tracing::info!("TLS on: plaintext connections are refused"),
+            None => tracing::info!("TLS off: the port speaks plaintext HTTP/2"),
+        }
+        // The metrics port too: one given explicitly that cannot be bound stops start-up.
+        let metrics_listener = metrics::bind(config.metrics.addr).await?;
+        let metrics_addr = match &metrics_listener {
+            Some(listener) => Some(listener.local_addr()?),
+            None => None,
+        };
+        let metrics = Metrics::new(config.metrics.max_job_types);
+        prepare_with_retry(&config).await?;
+        let store = Store::connect_lazy(
+            config.database.clone(),
+            &PoolSettings {
+                size: config.pool_size,
+                acquire_timeout: config.db_acquire_timeout,
+                statement_timeout: config.statement_timeout,
+            },
+        );
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding {}", config.listen_addr))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Application {
+            listener,
+            local_addr,
+            store,
+            config,
+            auth,
+            tls,
+            metrics,
+            metrics_listener,
+            metrics_addr,
+        })
+    }
+
+    /// Where `GET /metrics` is served (None: metrics off).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// Serves until `shutdown` resolves. Then: health NOT_SERVING at once, no new
+    /// connections or calls, open streams end with UNAVAILABLE, in-flight calls finish
+    /// within the drain timeout; then the background tasks stop and the pool closes.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let (feed, background) = self.start_background(reporter, &stop).await;
+        // Metrics are served until the drain is over: it shows streams closing.
+        let metrics_stop = CancellationToken::new();
+        // Also stopped when this returns early on an error.
+        let _stop_metrics_on_return = metrics_stop.clone().drop_guard();
+        let metrics_server = self.metrics_listener.map(|listener| {
+            tokio::spawn(metrics::serve(
+                listener,
+                self.metrics.clone(),
+                self.store.clone(),
+                feed.clone(),
+                self.config.metrics.job_count_interval,
+                metrics_stop.clone(),
+            ))
+        });
+        let service = ledger_service(&self.store, feed, &self.config, &self.metrics);
+        let ledger =
+            JobLedgerServer::new(service).max_decoding_message_size(self.config.max_request_bytes);
+        // Only the JobLedger service checks tokens: health and reflection stay open.
+        let ledger = InterceptedService::new(ledger, AuthInterceptor::new(self.auth));
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let (reflection_v1, reflection_v1alpha) = match self.config.reflection {
+            true => (
+                Some(reflection().build_v1()?),
+                Some(reflection().build_v1alpha()?),
+            ),
+            false => (None, None),
+        };
+
+        // TCP_NODELAY: small responses and stream events go out at once instead of
+        // waiting out the peer's delayed ACK (40 ms per event otherwise).
+        let incoming = TcpIncoming::from(self.listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(std::time::Duration::from_secs(60)));
+        // A connection past its maximum age plus grace is cut under its open calls.
+        let lifetime = self.config.connections.connection_deadline();
+        let incoming = tokio_stream::StreamExt::map(incoming, move |accepted| {
+            accepted.map(|tcp| AgedConnection::new(tcp, lifetime))
+        });
+        let mut server = middleware::configure(Server::builder(), &self.config.connections);
+        if let Some(tls) = &self.tls {
+            server = tls.apply(server)?;
+        }
+        let server_stop = stop.clone();
+        let serve = server
+            // Outermost: metrics and the call's span record the status the client gets.
+            .layer(CallObserverLayer::new(&self.metrics))
+            .layer(tower::util::MapResponseLayer::new(
+                status::client_errors_are_not_internal,
+            ))
+            .layer(InflightLimit::new(
+                self.config.connections.max_inflight_requests,
+            )?)
+            .add_service(health_service)
+            .add_service(ledger)
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha)
+            .serve_with_incoming_shutdown(incoming, async move { server_stop.cancelled().await });
+        tracing::info!(addr = %self.local_addr, "serving");
+
+        drain(serve, shutdown, &stop, self.config.drain_timeout).await?;
+        metrics_stop.cancel();
+        if let Some(mut server) = metrics_server {
+            // A scraper's connection does not hold up the exit for long.
+            let limit = std::time::Duration::from_secs(1);
+            if tokio::time::timeout(limit, &mut server).await.is_err() {
+                server.abort();
+            }
+        }
+        for task in background {
+            task.await.ok();
+        }
+        self.store.close().await;
+        Ok(())
+    }
+
+    /// The health probe and the event feed's announcer and listener, all stopped by
+    /// `stop`.
+    async fn start_background(
+        &self,
+        reporter: tonic_health::server::HealthReporter,
+        stop: &CancellationToken,
+    ) -> (Feed, Vec<JoinHandle<()>>) {
+        let options = &self.config.database;
+        let health = HealthState::new(reporter).await;
+        let probe = tokio::spawn(probe_loop(
+            health,
+            options.clone(),
+            self.config.probe_interval,
+            self.config.probe_timeout,
+            stop.clone(),
+            self.metrics.clone(),
+        ));
+        let (feed, announcements) =
+            Feed::new(self.store.clone(), self.config.feed.clone(), stop.clone());
+        let announcer = tokio::spawn(feed::announce_loop(
+            announcements,
+            options.clone(),
+            feed.wakeups(),
+            stop.clone(),
+        ));
+        let listener = tokio::spawn(feed::listen(options.clone(), feed.wakeups(), stop.clone()));
+        (feed, vec![probe, announcer, listener])
+    }
+}
+
+fn ledger_service(store: &Store, feed: Feed, config: &Config, metrics: &Metrics) -> LedgerService {
+    let group_commit = config
+        .group_commit
+        .map(|g| GroupCommit::start(store.clone(), g.writers, g.max_batch));
+    LedgerService::new(
+        store.clone(),
+        group_commit,
+        feed,
+        config.limits.clone(),
+        metrics.clone(),
+    )
+}
+
+/// Serves until the server fails or `shutdown` resolves; then cancels `stop` (health
+/// NOT_SERVING, streams end, no new calls) and gives in-flight calls the drain timeout.
+async fn drain(
+    serve: impl Future<Output = Result<(), tonic::transport::Error>>,
+    shutdown: impl Future<Output = ()>,
+    stop: &CancellationToken,
+    drain_timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    tokio::pin!(serve);
+    tokio::select! {
+        result = &mut serve => {
+            stop.cancel();
+            result.context("gRPC server failed")?;
+        }
+        _ = shutdown => {
+            tracing::info!(?drain_timeout, "shutting down: draining calls");
+            let started = Instant::now();
+            stop.cancel();
+            match tokio::time::timeout(drain_timeout, &mut serve).await {
+                Ok(result) => result.context("gRPC server failed while draining")?,
+                Err(_) => tracing::warn!("drain timeout reached; closing remaining calls"),
+            }
+            tracing::info!(elapsed = ?started.elapsed(), "drained");
+        }
+    }
+    Ok(())
+}
+
+async fn prepare_with_retry(config: &Config) -> anyhow::Result<()> {
+    let deadline = Instant::now() + config.startup_timeout;
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        match store::prepare_database(&config.database).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() + delay < deadline => {
+                tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "database not ready");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(e.context("the database was not ready within the start-up timeout"))
+            }
+        }
+    }
+}

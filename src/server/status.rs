@@ -1,0 +1,329 @@
+//! Every gRPC status the server sends is built here: the ledger's errors, the refusals
+//! of authentication and load shedding, and the answers tonic gives by itself to
+//! malformed calls. Every status carries an ErrorInfo (domain `jobledger`, an
+//! UPPER_SNAKE reason); messages never contain SQL.
+
+use std::{collections::HashMap, time::Duration};
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+use uuid::Uuid;
+
+use super::auth::{AuthError, Refusal};
+use crate::ledger::{JobStatus, LedgerError};
+
+pub const DOMAIN: &str = "jobledger";
+
+fn names(list: &[JobStatus]) -> String {
+    list.iter()
+        .map(|s| s.api_name())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A status with an ErrorInfo and whatever other details the caller added.
+fn status_with(
+    code: Code,
+    message: impl Into<String>,
+    reason: &str,
+    metadata: HashMap<String, String>,
+    mut details: ErrorDetails,
+) -> Status {
+    details.set_error_info(reason, DOMAIN, metadata);
+    Status::with_error_details(code, message, details)
+}
+
+fn meta<const N: usize>(pairs: [(&str, String); N]) -> HashMap<String, String> {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+impl From<LedgerError> for Status {
+    fn from(err: LedgerError) -> Status {
+        let message = err.to_string();
+        let mut details = ErrorDetails::new();
+        let (code, reason, metadata) = match err {
+            LedgerError::InvalidArgument(violations) => {
+                for v in violations {
+                    details.add_bad_request_violation(v.field, v.description);
+                }
+                (Code::InvalidArgument, "INVALID_ARGUMENT", HashMap::new())
+            }
+            LedgerError::NotFound { job_id } => (
+                Code::NotFound,
+                "JOB_NOT_FOUND",
+                meta([("job_id", job_id.to_string())]),
+            ),
+            LedgerError::InvalidTransition { from, to, allowed } => {
+                precondition_violations(&mut details, from, &allowed);
+                (
+                    Code::FailedPrecondition,
+                    "INVALID_TRANSITION",
+                    meta([
+                        ("from", from.api_name().to_owned()),
+                        ("to", to.api_name().to_owned()),
+                        ("allowed", names(&allowed)),
+                    ]),
+                )
+            }
+            LedgerError::AttemptsExhausted {
+                attempt,
+                max_attempts,
+                allowed,
+            } => {
+                precondition_violations(&mut details, JobStatus::Failed, &allowed);
+                (
+                    Code::FailedPrecondition,
+                    "MAX_ATTEMPTS_EXHAUSTED",
+                    meta([
+                        ("attempt", attempt.to_string()),
+                        ("max_attempts", max_attempts.to_string()),
+                        ("allowed", names(&allowed)),
+                    ]),
+                )
+            }
+            LedgerError::StatusMismatch { expected, actual } => (
+                Code::Aborted,
+                "STATUS_MISMATCH",
+                meta([
+                    ("expected_status", expected.api_name().to_owned()),
+                    ("status", actual.api_name().to_owned()),
+                ]),
+            ),
+            LedgerError::StaleAttempt { reported, current } => (
+                Code::Aborted,
+                "STALE_ATTEMPT",
+                meta([
+                    ("attempt", reported.to_string()),
+                    ("current_attempt", current.to_string()),
+                ]),
+            ),
+            LedgerError::IdempotencyKeyReused { job_id } => (
+                Code::AlreadyExists,
+                "IDEMPOTENCY_KEY_REUSED",
+                meta([("job_id", job_id.to_string())]),
+            ),
+            LedgerError::RequestIdReused { job_id } => (
+                Code::AlreadyExists,
+                "REQUEST_ID_REUSED",
+                meta([("job_id", job_id.to_string())]),
+            ),
+            LedgerError::CursorOutOfRange { cursor } => (
+                Code::OutOfRange,
+                "CURSOR_OUT_OF_RANGE",
+                meta([("cursor", cursor)]),
+            ),
+            LedgerError::TooManyStreams { limit } => (
+                Code::ResourceExhausted,
+                "TOO_MANY_STREAMS",
+                meta([("limit", limit.to_string())]),
+            ),
+            LedgerError::ShuttingDown => {
+                details.set_retry_info(Some(Duration::from_millis(100)));
+                (Code::Unavailable, "SHUTTING_DOWN", HashMap::new())
+            }
+            LedgerError::DeadlineExceeded => {
+                (Code::DeadlineExceeded, "DEADLINE_EXCEEDED", HashMap::new())
+            }
+            LedgerError::Unavailable { cause } => {
+                tracing::warn!(%cause, "database unavailable");
+                details.set_retry_info(Some(Duration::from_millis(500)));
+                (Code::Unavailable, "DATABASE_UNAVAILABLE", HashMap::new())
+            }
+            LedgerError::Internal { cause } => {
+                tracing::error!(%cause, "internal error");
+                (Code::Internal, "INTERNAL", HashMap::new())
+            }
+        };
+        status_with(code, message, reason, metadata, details)
+    }
+}
+
+/// A ledger error as the `google.rpc.Status` message a CreateJobs entry carries: the
+/// code, message and details (ErrorInfo, BadRequest, ...) that a call of its own would
+/// have failed with.
+pub fn entry_status(err: LedgerError) -> tonic_types::Status {
+    let status = Status::from(err);
+    // `Status::with_error_details` encodes exactly this message as the details.
+    prost::Message::decode(status.details()).unwrap_or_else(|_| tonic_types::Status {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        details: Vec::new(),
+    })
+}
+
+/// One PreconditionFailure violation per allowed next status (type `STATUS`), or one
+/// saying the status is final.
+fn precondition_violations(details: &mut ErrorDetails, from: JobStatus, allowed: &[JobStatus]) {
+    if allowed.is_empty() {
+        details.add_precondition_failure_violation(
+            "STATUS",
+            from.api_name(),
+            format!("{from} is final: no transition leaves it"),
+        );
+    }
+    for s in allowed {
+        details.add_precondition_failure_violation(
+            "STATUS",
+            s.api_name(),
+            format!("allowed next status from {from}"),
+        );
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(err: AuthError) -> Status {
+        match err {
+            AuthError::Refused(refusal) => unauthenticated(refusal),
+            AuthError::OrgMismatch {
+                named,
+                token_org,
+                entry,
+            } => org_mismatch(named, token_org, entry),
+        }
+    }
+}
+
+fn unauthenticated(refusal: Refusal) -> Status {
+    status_with(
+        Code::Unauthenticated,
+        refusal.message,
+        refusal.reason,
+        HashMap::new(),
+        ErrorDetails::new(),
+    )
+}
+
+fn org_mismatch(named: Uuid, token_org: Uuid, entry: Option<usize>) -> Status {
+    let mut metadata = HashMap::from([
+        ("org_id".to_owned(), named.to_string()),
+        ("authenticated_org_id".to_owned(), token_org.to_string()),
+    ]);
+    let message = match entry {
+        Some(i) => {
+            metadata.insert("entry".to_owned(), i.to_string());
+            format!("jobs[{i}]: the credentials are for org {token_org}, not {named}")
+        }
+        None => format!("the credentials are for org {token_org}, not {named}"),
+    };
+    status_with(
+        Code::PermissionDenied,
+        message,
+        "ORG_MISMATCH",
+        metadata,
+        ErrorDetails::new(),
+    )
+}
+
+/// The answer of `--max-inflight-requests` to a call past the cap.
+pub fn too_many_requests(limit: usize) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_retry_info(Some(Duration::from_secs(1)));
+    status_with(
+        Code::ResourceExhausted,
+        format!(
+            "the server is handling its maximum of {limit} calls (--max-inflight-requests); \
+             retry later"
+        ),
+        "TOO_MANY_REQUESTS",
+        meta([("limit", limit.to_string())]),
+        details,
+    )
+}
+
+/// tonic answers some client mistakes itself, before any handler runs: a body that is
+/// not valid protobuf or holds no message (INTERNAL), a message over the size limit
+/// (OUT_OF_RANGE), an unknown method (UNIMPLEMENTED without details). Clients caused
+/// them, so they become INVALID_ARGUMENT, RESOURCE_EXHAUSTED and UNIMPLEMENTED with the
+/// ErrorInfo every jobledger error carries, and without the decoder's internals. A
+/// Struct nested past the decoder's recursion limit names its field in a BadRequest.
+pub fn client_errors_are_not_internal<B: Default>(
+    response: http::Response<B>,
+) -> http::Response<B> {
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    let has_details = response.headers().contains_key("grpc-status-details-bin");
+    let Some(replacement) = replacement(&status, has_details) else {
+        return response;
+    };
+    let (mut parts, body) = response.into_parts();
+    for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+        parts.headers.remove(name);
+    }
+    // On the (impossible) failure to encode, the original headers are gone; the
+    // response then carries no status, which clients read as UNKNOWN, not INTERNAL.
+    let _ = replacement.add_header(&mut parts.headers);
+    http::Response::from_parts(parts, body)
+}
+
+/// What a client should get instead of tonic's own answer, if anything.
+fn replacement(status: &Status, has_details: bool) -> Option<Status> {
+    let mut details = ErrorDetails::new();
+    let (code, reason, message) = match status.code() {
+        Code::Internal
+            if status
+                .message()
+                .starts_with("failed to decode Protobuf message") =>
+        {
+            match too_deep_field(status.message()) {
+                Some(field) => {
+                    details.add_bad_request_violation(&field, "nests too deeply");
+                    (
+                        Code::InvalidArgument,
+                        "INVALID_ARGUMENT",
+                        format!("invalid request: {field}: nests too deeply"),
+                    )
+                }
+                None => (
+                    Code::InvalidArgument,
+                    "MALFORMED_REQUEST",
+                    "the request is not a valid protobuf message of this method's type".to_owned(),
+                ),
+            }
+        }
+        Code::Internal if status.message() == "Missing request message." => (
+            Code::InvalidArgument,
+            "MALFORMED_REQUEST",
+            "the call carried no request message".to_owned(),
+        ),
+        // The router's answer for a method this server does not have.
+        Code::Unimplemented if !has_details => (
+            Code::Unimplemented,
+            "METHOD_NOT_FOUND",
+            "no such method on this server".to_owned(),
+        ),
+        Code::OutOfRange if status.message().contains("message length too large") => (
+            Code::ResourceExhausted,
+            "REQUEST_TOO_LARGE",
+            status.message().trim_start_matches("Error, ").to_owned(),
+        ),
+        _ => return None,
+    };
+    Some(status_with(code, message, reason, HashMap::new(), details))
+}
+
+/// The request field whose value hit prost's recursion limit: prost lists the path
+/// innermost first (`Struct.fields: ...: CreateJobRequest.params: recursion limit
+/// reached`), so the outermost field is the last segment.
+fn too_deep_field(message: &str) -> Option<String> {
+    let path = message.strip_suffix(": recursion limit reached")?;
+    let outermost = path.rsplit(": ").next()?;
+    let (_, field) = outermost.rsplit_once('.')?;
+    Some(field.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::too_deep_field;
+
+    #[test]
+    fn the_outermost_field_of_a_too_deep_message_is_named() {
+        let m = "failed to decode Protobuf message: Struct.fields: Value.kind: Struct.fields: \
+                 TransitionJobRequest.detail: recursion limit reached";
+        assert_eq!(too_deep_field(m).as_deref(), Some("detail"));
+        assert_eq!(
+            too_deep_field("failed to decode Protobuf message: invalid wire type"),
+            None
+        );
+    }
+}
