@@ -1,7 +1,7 @@
 //! The Kubernetes manifests in `deploy/kubernetes/`: schema validation by
 //! `deploy/kubernetes/validate.sh` (kubernetes-validate from PyPI, strict, a pinned
 //! Kubernetes version), shown to reject broken manifests, and checks that the probes and
-//! the shutdown timing agree with what the server does (README, "Operations").
+//! the shutdown timing agree with what the server does (docs/operations.md).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -4,7 +4,7 @@
 //! Input: byte 0 picks the request type, byte 1 the limits (the defaults, or tight ones
 //! so that small inputs reach every limit), the rest is the protobuf body as a client
 //! would send it. The body is decoded with prost (what tonic's codec does) and, when it
-//! decodes, converted with `jobledger::api::convert` / `api::list` exactly as the
+//! decodes, converted with `jobledger::server::service::convert` / `list` exactly as the
 //! handler converts it.
 //!
 //! Properties (a failure panics, which libFuzzer reports as a crash):
@@ -25,16 +25,16 @@
 use std::collections::BTreeSet;
 
 use jobledger::{
-    api::{convert, list},
-    ledger::{LedgerError, Limits, Violations},
+    ledger::{LedgerError, Limits, Violations, DEFAULT_MAX_ATTEMPTS, MAX_JOBS_PER_BATCH},
     proto,
+    server::service::{convert, list},
 };
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use serde_json::Value;
 use tonic_types::StatusExt;
 
-/// Keys of an event's `detail` that belong to the server (README, "Events").
+/// Keys of an event's `detail` that belong to the server (docs/api.md, "Events").
 const RESERVED_DETAIL_KEYS: [&str; 7] = [
     "stage",
     "progress",
@@ -196,7 +196,7 @@ fn check_accepted_json(field: &str, json: &Value, limits: &Limits) {
         json_depth(json),
         limits.json_depth
     );
-    let back = convert::json_to_struct(json);
+    let back = proto::json::json_to_struct(json);
     let mut v = Violations::default();
     let again = convert::struct_to_json(&mut v, field, &back, limits);
     assert!(
@@ -258,7 +258,7 @@ fn create(method: &str, req: proto::CreateJobRequest, limits: &Limits) {
             expect.check(method, &[]);
             assert_eq!(job.job_type, sent.r#type);
             let wanted = if sent.max_attempts == 0 {
-                convert::DEFAULT_MAX_ATTEMPTS
+                DEFAULT_MAX_ATTEMPTS
             } else {
                 sent.max_attempts
             };
@@ -450,7 +450,7 @@ fuzz_target!(|data: &[u8]| {
             // CreateJobs converts each entry as CreateJob does (the handler refuses more
             // than 1,000 entries before converting any).
             if let Ok(req) = proto::CreateJobsRequest::decode(body) {
-                for entry in req.jobs.into_iter().take(convert::MAX_JOBS_PER_BATCH) {
+                for entry in req.jobs.into_iter().take(MAX_JOBS_PER_BATCH) {
                     create("CreateJobs entry", entry, &limits);
                 }
             }

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use jobledger::{api::convert::json_to_struct, proto};
+use jobledger::proto::{self, json::json_to_struct};
 use prost::Message;
 use serde_json::json;
 

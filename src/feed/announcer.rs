@@ -8,9 +8,9 @@
 //! writes nothing. A lost announcement (a crash between commit and NOTIFY, or events
 //! written by another program) is caught by the subscribers' periodic re-read.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc};
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -30,13 +30,13 @@ pub(crate) struct Announcer {
 pub(crate) struct AnnounceQueue(mpsc::UnboundedReceiver<(Uuid, Uuid)>);
 
 impl Announcer {
-    pub fn new() -> (Announcer, AnnounceQueue) {
+    pub(crate) fn new() -> (Announcer, AnnounceQueue) {
         let (tx, rx) = mpsc::unbounded_channel();
         (Announcer { tx }, AnnounceQueue(rx))
     }
 
     /// An event of `job_id` in `org_id` was committed.
-    pub fn announce(&self, org_id: Uuid, job_id: Uuid) {
+    pub(crate) fn announce(&self, org_id: Uuid, job_id: Uuid) {
         // Only fails when the loop has stopped (shutdown): nobody is left to wake.
         let _ = self.tx.send((org_id, job_id));
     }
@@ -50,11 +50,7 @@ pub(crate) async fn announce_loop(
     wakeups: Arc<Wakeups>,
     stop: CancellationToken,
 ) {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .min_connections(0)
-        .acquire_timeout(Duration::from_secs(2))
-        .connect_lazy_with(options.application_name("jobledger-announcer"));
+    let pool = crate::store::single_connection_pool(options, "jobledger-announcer");
     loop {
         let first = tokio::select! {
             _ = stop.cancelled() => break,

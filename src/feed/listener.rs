@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -22,11 +22,7 @@ pub(crate) async fn listen(
     stop: CancellationToken,
 ) {
     // A pool of its own, so the listener never takes a request connection.
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .min_connections(0)
-        .acquire_timeout(Duration::from_secs(2))
-        .connect_lazy_with(options.application_name("jobledger-listener"));
+    let pool = crate::store::single_connection_pool(options, "jobledger-listener");
     let mut retry = Duration::from_millis(100);
     while !stop.is_cancelled() {
         let mut listener = match connect(&pool).await {

@@ -73,7 +73,7 @@ pub(crate) type FeedItem = Result<JobEvent, LedgerError>;
 
 impl Feed {
     /// The feed, and the queue of announcements for `announce_loop` to drain.
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         settings: FeedSettings,
         shutdown: CancellationToken,
@@ -92,27 +92,27 @@ impl Feed {
 
     /// Call after committing an event of `job_id`: wakes its subscribers here and on
     /// the other replicas.
-    pub fn announce(&self, org_id: uuid::Uuid, job_id: uuid::Uuid) {
+    pub(crate) fn announce(&self, org_id: uuid::Uuid, job_id: uuid::Uuid) {
         self.announcer.announce(org_id, job_id);
     }
 
     /// The hub the listener task wakes.
-    pub fn wakeups(&self) -> Arc<Wakeups> {
+    pub(crate) fn wakeups(&self) -> Arc<Wakeups> {
         self.wakeups.clone()
     }
 
-    pub fn shutdown(&self) -> &CancellationToken {
+    pub(crate) fn shutdown(&self) -> &CancellationToken {
         &self.shutdown
     }
 
     /// Number of streams open now.
-    pub fn open_streams(&self) -> usize {
+    pub(crate) fn open_streams(&self) -> usize {
         self.settings.max_streams - self.streams.available_permits()
     }
 
     /// Checks the request against the database and starts a subscriber task; its
     /// events arrive on the returned channel, which closes when the feed ends.
-    pub async fn subscribe(
+    pub(crate) async fn subscribe(
         &self,
         request: Subscribe,
     ) -> Result<mpsc::Receiver<FeedItem>, LedgerError> {

@@ -34,7 +34,7 @@ enum End {
 }
 
 impl Subscription {
-    pub async fn run(mut self) {
+    pub(super) async fn run(mut self) {
         let end = self.follow().await;
         match end {
             End::Done | End::Gone => {}

@@ -24,7 +24,7 @@ impl Default for Wakeups {
 
 impl Wakeups {
     /// Receivers for `key` (an org or job id) and for everyone.
-    pub fn subscribe(&self, key: Uuid) -> (watch::Receiver<()>, watch::Receiver<()>) {
+    pub(crate) fn subscribe(&self, key: Uuid) -> (watch::Receiver<()>, watch::Receiver<()>) {
         let mut map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
         let own = map
             .entry(key)
@@ -34,7 +34,7 @@ impl Wakeups {
     }
 
     /// An event of `job_id` in `org_id` was committed.
-    pub fn wake(&self, org_id: Uuid, job_id: Uuid) {
+    pub(crate) fn wake(&self, org_id: Uuid, job_id: Uuid) {
         let map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
         for key in [org_id, job_id] {
             if let Some(sender) = map.get(&key) {
@@ -43,12 +43,12 @@ impl Wakeups {
         }
     }
 
-    pub fn wake_everyone(&self) {
+    pub(crate) fn wake_everyone(&self) {
         self.everyone.send_replace(());
     }
 
     /// Forgets keys nobody is subscribed to any more.
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         let mut map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, sender| sender.receiver_count() > 0);
     }

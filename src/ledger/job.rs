@@ -90,3 +90,24 @@ pub struct Transition {
     pub actor: Option<String>,
     pub request_id: Option<String>,
 }
+
+impl Transition {
+    /// A bare move of `job_id` to `to`: no compare-and-set, no fencing, nothing reported.
+    pub fn to(org_id: Uuid, job_id: Uuid, to: JobStatus) -> Transition {
+        Transition {
+            org_id,
+            job_id,
+            to,
+            expected_status: None,
+            attempt: None,
+            stage: None,
+            progress: None,
+            result: None,
+            error_code: None,
+            error_message: None,
+            detail: Map::new(),
+            actor: None,
+            request_id: None,
+        }
+    }
+}

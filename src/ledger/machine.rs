@@ -88,8 +88,32 @@ pub struct Applied {
 /// Order of checks: compare-and-set (`expected_status`), fencing (`attempt`), then
 /// the table, then the retry budget. The first failing check is the error.
 pub fn apply(job: &Job, t: &Transition, now: DateTime<Utc>) -> Result<Applied, LedgerError> {
-    let from = job.status;
-    let to = t.to;
+    let kind = check(job, t)?;
+    let mut next = next_state(job, t, kind, now);
+    let mut events = vec![NewEvent {
+        prev_status: job.status,
+        next_status: t.to,
+        attempt: next.attempt,
+        detail: event_detail(t),
+    }];
+    if kind == StepKind::Fail && next.attempt >= next.max_attempts {
+        next.status = DeadLetter;
+        let mut detail = Map::new();
+        detail.insert("reason".into(), json!("max_attempts_exhausted"));
+        detail.insert("max_attempts".into(), json!(next.max_attempts));
+        events.push(NewEvent {
+            prev_status: Failed,
+            next_status: DeadLetter,
+            attempt: next.attempt,
+            detail,
+        });
+    }
+    Ok(Applied { job: next, events })
+}
+
+/// The kind of step `t` is from `job`'s state, or why it is refused.
+fn check(job: &Job, t: &Transition) -> Result<StepKind, LedgerError> {
+    let (from, to) = (job.status, t.to);
     if let Some(expected) = t.expected_status {
         if expected != from {
             return Err(LedgerError::StatusMismatch {
@@ -123,7 +147,13 @@ pub fn apply(job: &Job, t: &Transition, now: DateTime<Utc>) -> Result<Applied, L
                 .collect(),
         });
     }
+    Ok(kind)
+}
 
+/// The job after a legal step of `kind` (before a failure of the last attempt moves it
+/// on to DEAD_LETTER).
+fn next_state(job: &Job, t: &Transition, kind: StepKind, now: DateTime<Utc>) -> Job {
+    let (from, to) = (job.status, t.to);
     let mut next = job.clone();
     next.status = to;
     next.updated_at = now;
@@ -155,27 +185,7 @@ pub fn apply(job: &Job, t: &Transition, now: DateTime<Utc>) -> Result<Applied, L
             next.last_error_message = t.error_message.clone();
         }
     }
-
-    let mut events = vec![NewEvent {
-        prev_status: from,
-        next_status: to,
-        attempt: next.attempt,
-        detail: event_detail(t),
-    }];
-
-    if kind == StepKind::Fail && next.attempt >= next.max_attempts {
-        next.status = DeadLetter;
-        let mut detail = Map::new();
-        detail.insert("reason".into(), json!("max_attempts_exhausted"));
-        detail.insert("max_attempts".into(), json!(next.max_attempts));
-        events.push(NewEvent {
-            prev_status: Failed,
-            next_status: DeadLetter,
-            attempt: next.attempt,
-            detail,
-        });
-    }
-    Ok(Applied { job: next, events })
+    next
 }
 
 /// The detail stored on a transition's event: the client's free-form detail plus the
@@ -236,21 +246,7 @@ mod tests {
     }
 
     fn to(status: JobStatus) -> Transition {
-        Transition {
-            org_id: DEFAULT_ORG,
-            job_id: Uuid::from_u128(1),
-            to: status,
-            expected_status: None,
-            attempt: None,
-            stage: None,
-            progress: None,
-            result: None,
-            error_code: None,
-            error_message: None,
-            detail: Map::new(),
-            actor: None,
-            request_id: None,
-        }
+        Transition::to(DEFAULT_ORG, Uuid::from_u128(1), status)
     }
 
     /// The spec's table, written out independently of `TABLE`, cell by cell.

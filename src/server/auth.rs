@@ -114,6 +114,32 @@ impl Verifier {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| refuse("INVALID_TOKEN", "the bearer token is not a valid JWT"))?;
         let key = self.key_for(header.alg, header.kid.as_deref())?;
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &self.validation(key))
+                .map_err(|e| refusal_of(e.kind()))?;
+        let claim = self.org_claim.join(".");
+        let org = self
+            .org_claim
+            .iter()
+            .try_fold(&data.claims, |value, name| value.get(name))
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| {
+                refuse(
+                    "ORG_CLAIM_MISSING",
+                    format!("the bearer token has no string claim `{claim}` naming an org"),
+                )
+            })?;
+        Uuid::parse_str(org).map_err(|_| {
+            refuse(
+                "ORG_CLAIM_MISSING",
+                format!("the bearer token's claim `{claim}` is not an org id (a UUID)"),
+            )
+        })
+    }
+
+    /// What a token verified by `key` must satisfy: `exp` (and `nbf` if present) within
+    /// the leeway, and the configured `iss` and `aud`.
+    fn validation(&self, key: &Key) -> Validation {
         let mut validation = Validation::new(key.algorithm);
         validation.set_required_spec_claims(&["exp"]);
         validation.validate_exp = true;
@@ -133,47 +159,7 @@ impl Verifier {
             }
             None => validation.validate_aud = false,
         }
-        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => refuse("TOKEN_EXPIRED", "the bearer token expired"),
-                ErrorKind::ImmatureSignature => {
-                    refuse("INVALID_TOKEN", "the bearer token is not valid yet (nbf)")
-                }
-                ErrorKind::InvalidIssuer => {
-                    refuse("INVALID_TOKEN", "the bearer token's issuer is not accepted")
-                }
-                ErrorKind::InvalidAudience => refuse(
-                    "INVALID_TOKEN",
-                    "the bearer token's audience is not accepted",
-                ),
-                ErrorKind::MissingRequiredClaim(claim) => refuse(
-                    "INVALID_TOKEN",
-                    format!("the bearer token has no valid `{claim}` claim"),
-                ),
-                ErrorKind::InvalidSignature => refuse(
-                    "INVALID_TOKEN",
-                    "the bearer token's signature does not verify",
-                ),
-                _ => refuse("INVALID_TOKEN", "the bearer token is not valid"),
-            })?;
-        let claim = self.org_claim.join(".");
-        let org = self
-            .org_claim
-            .iter()
-            .try_fold(&data.claims, |value, name| value.get(name))
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| {
-                refuse(
-                    "ORG_CLAIM_MISSING",
-                    format!("the bearer token has no string claim `{claim}` naming an org"),
-                )
-            })?;
-        Uuid::parse_str(org).map_err(|_| {
-            refuse(
-                "ORG_CLAIM_MISSING",
-                format!("the bearer token's claim `{claim}` is not an org id (a UUID)"),
-            )
-        })
+        validation
     }
 
     /// The key for a token's algorithm: HS256 the secret; RS256/ES256 the JWKS key of
@@ -195,6 +181,32 @@ impl Verifier {
                 format!("no configured key verifies the bearer token (alg {alg:?})"),
             )
         })
+    }
+}
+
+/// Why a token that decoded did not verify, in words that never quote it.
+fn refusal_of(error: &ErrorKind) -> Refusal {
+    match error {
+        ErrorKind::ExpiredSignature => refuse("TOKEN_EXPIRED", "the bearer token expired"),
+        ErrorKind::ImmatureSignature => {
+            refuse("INVALID_TOKEN", "the bearer token is not valid yet (nbf)")
+        }
+        ErrorKind::InvalidIssuer => {
+            refuse("INVALID_TOKEN", "the bearer token's issuer is not accepted")
+        }
+        ErrorKind::InvalidAudience => refuse(
+            "INVALID_TOKEN",
+            "the bearer token's audience is not accepted",
+        ),
+        ErrorKind::MissingRequiredClaim(claim) => refuse(
+            "INVALID_TOKEN",
+            format!("the bearer token has no valid `{claim}` claim"),
+        ),
+        ErrorKind::InvalidSignature => refuse(
+            "INVALID_TOKEN",
+            "the bearer token's signature does not verify",
+        ),
+        _ => refuse("INVALID_TOKEN", "the bearer token is not valid"),
     }
 }
 

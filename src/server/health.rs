@@ -13,19 +13,19 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 /// The health service names that follow the database.
-pub const DATABASE_BACKED: [&str; 2] = ["", "jobledger.v1.JobLedger"];
+pub(super) const DATABASE_BACKED: [&str; 2] = ["", "jobledger.v1.JobLedger"];
 /// The health service name that follows only the process.
-pub const LIVENESS: &str = "liveness";
+pub(super) const LIVENESS: &str = "liveness";
 
 /// Publishes statuses, once per change.
-pub struct HealthState {
+pub(super) struct HealthState {
     reporter: HealthReporter,
     database_ok: Option<bool>,
 }
 
 impl HealthState {
     /// Starts with the database-backed services NOT_SERVING and `liveness` SERVING.
-    pub async fn new(reporter: HealthReporter) -> Self {
+    pub(super) async fn new(reporter: HealthReporter) -> Self {
         for name in DATABASE_BACKED {
             reporter
                 .set_service_status(name, ServingStatus::NotServing)
@@ -41,7 +41,7 @@ impl HealthState {
     }
 
     /// Records a probe result, publishing only if it differs from the last one.
-    pub async fn record(&mut self, ok: bool) {
+    pub(super) async fn record(&mut self, ok: bool) {
         if self.database_ok == Some(ok) {
             return;
         }
@@ -66,7 +66,7 @@ impl HealthState {
 
     /// Shutdown: everything NOT_SERVING, then the statuses are dropped, which ends
     /// open Watch streams so the server can drain.
-    pub async fn shut_down(mut self) {
+    pub(super) async fn shut_down(mut self) {
         for name in DATABASE_BACKED.into_iter().chain([LIVENESS]) {
             self.reporter
                 .set_service_status(name, ServingStatus::NotServing)
@@ -80,7 +80,7 @@ impl HealthState {
 
 /// The probe: every `interval`, `SELECT 1` within `timeout` on a dedicated connection
 /// (reconnected after any failure). Runs until `stop` is cancelled.
-pub async fn probe_loop(
+pub(super) async fn probe_loop(
     mut state: HealthState,
     options: PgConnectOptions,
     interval: Duration,

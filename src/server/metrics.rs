@@ -32,11 +32,11 @@ use crate::server::config::{MetricsAddr, DEFAULT_METRICS_ADDR};
 use crate::store::Store;
 
 /// The `type` label of transitions of job types past `--metrics-max-job-types`.
-pub const OTHER_JOB_TYPE: &str = "(other)";
+pub(super) const OTHER_JOB_TYPE: &str = "(other)";
 /// How long the job count may take before a scrape goes on without it.
-pub const JOB_COUNT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const JOB_COUNT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The Content-Type of the exposition (Prometheus asks for it and parses it natively).
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(super) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds of the call duration histogram, in seconds.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -44,7 +44,7 @@ const DURATION_BUCKETS: [f64; 14] = [
 ];
 
 /// Binds the metrics port as `--metrics-addr` says (the default: best effort).
-pub async fn bind(setting: MetricsAddr) -> anyhow::Result<Option<TcpListener>> {
+pub(super) async fn bind(setting: MetricsAddr) -> anyhow::Result<Option<TcpListener>> {
     bind_or_default(setting, DEFAULT_METRICS_ADDR.parse()?).await
 }
 
@@ -102,7 +102,7 @@ struct PoolLabels {
 
 /// The server's metrics: cheap to clone, shared by everything that records.
 #[derive(Clone, Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     inner: Arc<Inner>,
 }
 
@@ -133,7 +133,8 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Metrics that give at most `max_job_types` job types a label of their own.
-    pub fn new(max_job_types: usize) -> Metrics {
+    // Why long: one registration per metric, with its help text.
+    pub(crate) fn new(max_job_types: usize) -> Metrics {
         let mut registry = Registry::with_prefix("jobledger");
         let rpc_started = Family::<MethodLabels, Counter>::default();
         registry.register(
@@ -228,7 +229,7 @@ impl Metrics {
     }
 
     /// Counts the status steps a TransitionJob wrote for a job of `job_type`.
-    pub fn record_transitions(&self, job_type: &str, events: &[JobEvent]) {
+    pub(crate) fn record_transitions(&self, job_type: &str, events: &[JobEvent]) {
         let job_type = self.job_type_label(job_type);
         for event in events {
             let from = event.prev_status.map_or("", JobStatus::as_db_str);
@@ -244,7 +245,7 @@ impl Metrics {
     }
 
     /// Records one database health probe.
-    pub fn record_probe(&self, up: bool, took: Duration) {
+    pub(crate) fn record_probe(&self, up: bool, took: Duration) {
         self.inner.probe_up.set(i64::from(up));
         self.inner.probe_duration.set(took.as_secs_f64());
     }
@@ -288,7 +289,7 @@ impl Metrics {
     }
 
     /// The exposition of everything recorded so far.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.inner.registry);
@@ -307,7 +308,7 @@ struct Scrape {
 }
 
 /// Serves `GET /metrics` on `listener` until `stop` is cancelled; any other path is 404.
-pub async fn serve(
+pub(super) async fn serve(
     listener: TcpListener,
     metrics: Metrics,
     store: Store,

@@ -3,13 +3,13 @@
 //! before serving); [`Application::run_until_stopped`] serves until the shutdown future
 //! resolves, then drains (docs/architecture.md: the shutdown sequence).
 
-pub mod auth;
+mod auth;
 pub mod config;
 mod health;
 mod metrics;
 mod middleware;
 pub mod service;
-pub mod status;
+mod status;
 pub mod telemetry;
 mod tls;
 
@@ -125,27 +125,18 @@ impl Application {
     /// connections or calls, open streams end with UNAVAILABLE, in-flight calls finish
     /// within the drain timeout; then the background tasks stop and the pool closes.
     pub async fn run_until_stopped(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         let (reporter, health_service) = tonic_health::server::health_reporter();
-        let (feed, background) = self.start_background(reporter, &stop).await;
-        // Metrics are served until the drain is over: it shows streams closing.
-        let metrics_stop = CancellationToken::new();
-        // Also stopped when this returns early on an error.
-        let _stop_metrics_on_return = metrics_stop.clone().drop_guard();
-        let metrics_server = self.metrics_listener.map(|listener| {
-            tokio::spawn(metrics::serve(
-                listener,
-                self.metrics.clone(),
-                self.store.clone(),
-                feed.clone(),
-                self.config.metrics.job_count_interval,
-                metrics_stop.clone(),
-            ))
-        });
-        let service = ledger_service(&self.store, feed, &self.config, &self.metrics);
+        let background = self.start_background(reporter, &stop).await;
+        let service = ledger_service(
+            &self.store,
+            background.feed.clone(),
+            &self.config,
+            &self.metrics,
+        );
         let ledger =
             JobLedgerServer::new(service).max_decoding_message_size(self.config.max_request_bytes);
         // Only the JobLedger service checks tokens: health and reflection stay open.
@@ -162,17 +153,6 @@ impl Application {
             ),
             false => (None, None),
         };
-
-        // TCP_NODELAY: small responses and stream events go out at once instead of
-        // waiting out the peer's delayed ACK (40 ms per event otherwise).
-        let incoming = TcpIncoming::from(self.listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(std::time::Duration::from_secs(60)));
-        // A connection past its maximum age plus grace is cut under its open calls.
-        let lifetime = self.config.connections.connection_deadline();
-        let incoming = tokio_stream::StreamExt::map(incoming, move |accepted| {
-            accepted.map(|tcp| AgedConnection::new(tcp, lifetime))
-        });
         let mut server = middleware::configure(Server::builder(), &self.config.connections);
         if let Some(tls) = &self.tls {
             server = tls.apply(server)?;
@@ -191,32 +171,24 @@ impl Application {
             .add_service(ledger)
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(incoming, async move { server_stop.cancelled().await });
+            .serve_with_incoming_shutdown(incoming(self.listener, &self.config), async move {
+                server_stop.cancelled().await
+            });
         tracing::info!(addr = %self.local_addr, "serving");
-
         drain(serve, shutdown, &stop, self.config.drain_timeout).await?;
-        metrics_stop.cancel();
-        if let Some(mut server) = metrics_server {
-            // A scraper's connection does not hold up the exit for long.
-            let limit = std::time::Duration::from_secs(1);
-            if tokio::time::timeout(limit, &mut server).await.is_err() {
-                server.abort();
-            }
-        }
-        for task in background {
-            task.await.ok();
-        }
+        background.finish().await;
         self.store.close().await;
         Ok(())
     }
 
-    /// The health probe and the event feed's announcer and listener, all stopped by
-    /// `stop`.
+    /// The health probe, the event feed's announcer and listener (all stopped by
+    /// `stop`), and the metrics endpoint (stopped after the drain: it shows streams
+    /// closing).
     async fn start_background(
-        &self,
+        &mut self,
         reporter: tonic_health::server::HealthReporter,
         stop: &CancellationToken,
-    ) -> (Feed, Vec<JoinHandle<()>>) {
+    ) -> Background {
         let options = &self.config.database;
         let health = HealthState::new(reporter).await;
         let probe = tokio::spawn(probe_loop(
@@ -236,8 +208,67 @@ impl Application {
             stop.clone(),
         ));
         let listener = tokio::spawn(feed::listen(options.clone(), feed.wakeups(), stop.clone()));
-        (feed, vec![probe, announcer, listener])
+        let metrics_stop = CancellationToken::new();
+        let metrics_server = self.metrics_listener.take().map(|listener| {
+            tokio::spawn(metrics::serve(
+                listener,
+                self.metrics.clone(),
+                self.store.clone(),
+                feed.clone(),
+                self.config.metrics.job_count_interval,
+                metrics_stop.clone(),
+            ))
+        });
+        Background {
+            feed,
+            tasks: vec![probe, announcer, listener],
+            metrics_server,
+            stop_metrics: metrics_stop.drop_guard(),
+        }
     }
+}
+
+/// What runs beside the gRPC server.
+struct Background {
+    feed: Feed,
+    /// Stopped by the server's stop token.
+    tasks: Vec<JoinHandle<()>>,
+    metrics_server: Option<JoinHandle<()>>,
+    /// Stops the metrics endpoint when dropped (also when serving ends in an error).
+    stop_metrics: tokio_util::sync::DropGuard,
+}
+
+impl Background {
+    /// Stops the metrics endpoint, then waits for the tasks the stop token ended.
+    async fn finish(self) {
+        drop(self.stop_metrics);
+        if let Some(mut server) = self.metrics_server {
+            // A scraper's connection does not hold up the exit for long.
+            let limit = std::time::Duration::from_secs(1);
+            if tokio::time::timeout(limit, &mut server).await.is_err() {
+                server.abort();
+            }
+        }
+        for task in self.tasks {
+            task.await.ok();
+        }
+    }
+}
+
+/// The accepted connections: TCP_NODELAY (small responses and stream events go out at
+/// once instead of waiting out the peer's delayed ACK, 40 ms per event otherwise), TCP
+/// keepalive, and cut past their maximum age plus grace.
+fn incoming(
+    listener: TcpListener,
+    config: &Config,
+) -> impl tokio_stream::Stream<Item = std::io::Result<AgedConnection>> {
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(std::time::Duration::from_secs(60)));
+    let lifetime = config.connections.connection_deadline();
+    tokio_stream::StreamExt::map(incoming, move |accepted| {
+        accepted.map(|tcp| AgedConnection::new(tcp, lifetime))
+    })
 }
 
 fn ledger_service(store: &Store, feed: Feed, config: &Config, metrics: &Metrics) -> LedgerService {

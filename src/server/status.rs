@@ -38,6 +38,7 @@ fn meta<const N: usize>(pairs: [(&str, String); N]) -> HashMap<String, String> {
 }
 
 impl From<LedgerError> for Status {
+    // Why long: the mapping table, one arm per error: code, reason, metadata, details.
     fn from(err: LedgerError) -> Status {
         let message = err.to_string();
         let mut details = ErrorDetails::new();

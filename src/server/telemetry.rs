@@ -136,11 +136,40 @@ enum Protocol {
 }
 
 impl Protocol {
+    /// The protocol a variable (its name and value) asks for; http/protobuf without one.
+    fn from_setting(setting: Option<(&str, String)>) -> anyhow::Result<Protocol> {
+        let (name, value) =
+            setting.unwrap_or(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()));
+        match value.as_str() {
+            "grpc" => Ok(Protocol::Grpc),
+            "http/protobuf" => Ok(Protocol::HttpProtobuf),
+            other => bail!(
+                "{name}={other:?} is not supported: use `http/protobuf` (the default, \
+                 collector port 4318) or `grpc` (port 4317)"
+            ),
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Protocol::Grpc => "grpc",
             Protocol::HttpProtobuf => "http/protobuf",
         }
+    }
+}
+
+/// The collector's URL from variable `name`: plain http:// to a host.
+fn collector_endpoint(name: &str, endpoint: &str) -> anyhow::Result<http::Uri> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .with_context(|| format!("{name}={endpoint:?} is not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") if uri.host().is_some() => Ok(uri),
+        Some("https") => bail!(
+            "{name}={endpoint:?}: https:// collector endpoints are not supported yet; \
+             send to a collector or agent next to the server over http://"
+        ),
+        _ => bail!("{name}={endpoint:?} must be an http:// URL, e.g. http://otel-collector:4318"),
     }
 }
 
@@ -162,6 +191,12 @@ impl OtlpSettings {
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
+        // The signal's own variable wins over the generic one.
+        let first = |names: [&'static str; 2]| {
+            names
+                .into_iter()
+                .find_map(|name| var(name).map(|value| (name, value)))
+        };
         if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             return Ok(None);
         }
@@ -173,48 +208,20 @@ impl OtlpSettings {
                  `otlp` (the default) or not at all (`none`)"
             ),
         }
-        let Some((endpoint_var, endpoint)) = [
+        let Some((endpoint_var, endpoint)) = first([
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "OTEL_EXPORTER_OTLP_ENDPOINT",
-        ]
-        .into_iter()
-        .find_map(|name| var(name).map(|value| (name, value))) else {
+        ]) else {
             return Ok(None);
         };
-        let (protocol_var, protocol) = [
+        let protocol = Protocol::from_setting(first([
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
             "OTEL_EXPORTER_OTLP_PROTOCOL",
-        ]
-        .into_iter()
-        .find_map(|name| var(name).map(|value| (name, value)))
-        .unwrap_or(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()));
-        let protocol = match protocol.as_str() {
-            "grpc" => Protocol::Grpc,
-            "http/protobuf" => Protocol::HttpProtobuf,
-            other => bail!(
-                "{protocol_var}={other:?} is not supported: use `http/protobuf` (the default, \
-                 collector port 4318) or `grpc` (port 4317)"
-            ),
-        };
-        let uri: http::Uri = endpoint
-            .parse()
-            .with_context(|| format!("{endpoint_var}={endpoint:?} is not a URL"))?;
-        match uri.scheme_str() {
-            Some("http") if uri.host().is_some() => {}
-            Some("https") => bail!(
-                "{endpoint_var}={endpoint:?}: https:// collector endpoints are not supported yet; \
-                 send to a collector or agent next to the server over http://"
-            ),
-            _ => bail!(
-                "{endpoint_var}={endpoint:?} must be an http:// URL, e.g. http://otel-collector:4318"
-            ),
-        }
-        let timeout = [
+        ]))?;
+        let timeout = first([
             "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
             "OTEL_EXPORTER_OTLP_TIMEOUT",
-        ]
-        .into_iter()
-        .find_map(|name| var(name).map(|value| (name, value)))
+        ])
         .map(|(name, value)| {
             value
                 .parse::<u64>()
@@ -226,7 +233,7 @@ impl OtlpSettings {
         Ok(Some(OtlpSettings {
             protocol,
             endpoint_var,
-            endpoint: uri,
+            endpoint: collector_endpoint(endpoint_var, &endpoint)?,
             timeout,
         }))
     }

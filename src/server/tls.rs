@@ -19,69 +19,20 @@ use super::config::TlsConfig;
 
 /// The server's TLS settings, checked.
 #[derive(Clone, Debug)]
-pub struct ServerTls {
+pub(super) struct ServerTls {
     config: ServerTlsConfig,
 }
 
 impl ServerTls {
     /// Reads and checks the files `tls` names.
-    pub fn new(tls: &TlsConfig) -> anyhow::Result<ServerTls> {
+    pub(super) fn new(tls: &TlsConfig) -> anyhow::Result<ServerTls> {
         let (cert_file, key_file) = (&tls.cert_file, &tls.key_file);
-        let provider = default_provider();
-
-        let cert_pem = read("--tls-cert-file", cert_file)?;
-        let chain = certificates("--tls-cert-file", cert_file, &cert_pem)?;
-        let key_pem = read("--tls-key-file", key_file)?;
-        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-            anyhow::anyhow!(
-                "--tls-key-file {}: no PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) found: {e}",
-                key_file.display()
-            )
-        })?;
-        let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
-            anyhow::anyhow!(
-                "--tls-key-file {}: the key cannot sign TLS handshakes: {e}",
-                key_file.display()
-            )
-        })?;
-        match CertifiedKey::new(chain, signing_key).keys_match() {
-            Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => {}
-            Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => bail!(
-                "--tls-key-file {} is not the private key of the certificate in \
-                 --tls-cert-file {}",
-                key_file.display(),
-                cert_file.display()
-            ),
-            Err(e) => bail!(
-                "--tls-cert-file {}: the first certificate is not a usable X.509 \
-                 certificate: {e}",
-                cert_file.display()
-            ),
-        }
-
+        let (cert_pem, key_pem) = read_identity(cert_file, key_file)?;
         let mut config = ServerTlsConfig::new()
             .identity(Identity::from_pem(&cert_pem, &key_pem))
             .timeout(tls.handshake_timeout);
         if let Some(ca_file) = &tls.client_ca_file {
-            let ca_pem = read("--tls-client-ca-file", ca_file)?;
-            let mut roots = RootCertStore::empty();
-            for (i, ca) in certificates("--tls-client-ca-file", ca_file, &ca_pem)?
-                .into_iter()
-                .enumerate()
-            {
-                roots.add(ca).map_err(|e| {
-                    anyhow::anyhow!(
-                        "--tls-client-ca-file {}: certificate {} is not a usable CA \
-                         certificate: {e}",
-                        ca_file.display(),
-                        i + 1
-                    )
-                })?;
-            }
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider))
-                .build()
-                .map_err(|e| anyhow::anyhow!("--tls-client-ca-file {}: {e}", ca_file.display()))?;
-            config = config.client_ca_root(Certificate::from_pem(&ca_pem));
+            config = config.client_ca_root(Certificate::from_pem(read_client_ca(ca_file)?));
         }
         // tonic builds its acceptor from the same PEM: anything it still refuses is
         // reported now, not at the first handshake.
@@ -96,11 +47,71 @@ impl ServerTls {
     }
 
     /// `server` serving TLS.
-    pub fn apply<L>(&self, server: Server<L>) -> anyhow::Result<Server<L>> {
+    pub(super) fn apply<L>(&self, server: Server<L>) -> anyhow::Result<Server<L>> {
         server
             .tls_config(self.config.clone())
             .context("TLS settings (--tls-cert-file, --tls-key-file, --tls-client-ca-file)")
     }
+}
+
+/// The certificate chain and key PEM, checked: readable, parseable, a key that can sign
+/// and that belongs to the first certificate.
+fn read_identity(cert_file: &Path, key_file: &Path) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let provider = default_provider();
+
+    let cert_pem = read("--tls-cert-file", cert_file)?;
+    let chain = certificates("--tls-cert-file", cert_file, &cert_pem)?;
+    let key_pem = read("--tls-key-file", key_file)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        anyhow::anyhow!(
+            "--tls-key-file {}: no PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) found: {e}",
+            key_file.display()
+        )
+    })?;
+    let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
+        anyhow::anyhow!(
+            "--tls-key-file {}: the key cannot sign TLS handshakes: {e}",
+            key_file.display()
+        )
+    })?;
+    match CertifiedKey::new(chain, signing_key).keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => {}
+        Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => bail!(
+            "--tls-key-file {} is not the private key of the certificate in \
+             --tls-cert-file {}",
+            key_file.display(),
+            cert_file.display()
+        ),
+        Err(e) => bail!(
+            "--tls-cert-file {}: the first certificate is not a usable X.509 \
+             certificate: {e}",
+            cert_file.display()
+        ),
+    }
+    Ok((cert_pem, key_pem))
+}
+
+/// The client CA PEM, checked: every certificate in it usable as a root.
+fn read_client_ca(ca_file: &Path) -> anyhow::Result<Vec<u8>> {
+    let ca_pem = read("--tls-client-ca-file", ca_file)?;
+    let mut roots = RootCertStore::empty();
+    for (i, ca) in certificates("--tls-client-ca-file", ca_file, &ca_pem)?
+        .into_iter()
+        .enumerate()
+    {
+        roots.add(ca).map_err(|e| {
+            anyhow::anyhow!(
+                "--tls-client-ca-file {}: certificate {} is not a usable CA \
+                 certificate: {e}",
+                ca_file.display(),
+                i + 1
+            )
+        })?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(default_provider()))
+        .build()
+        .map_err(|e| anyhow::anyhow!("--tls-client-ca-file {}: {e}", ca_file.display()))?;
+    Ok(ca_pem)
 }
 
 fn read(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {

@@ -128,7 +128,7 @@ pub(crate) struct GroupCommit {
 impl GroupCommit {
     /// Starts `writers` writer tasks for each kind of call (each holds at most one pool
     /// connection at a time), writing at most `max_batch` calls per transaction.
-    pub fn start(store: Store, writers: usize, max_batch: usize) -> GroupCommit {
+    pub(crate) fn start(store: Store, writers: usize, max_batch: usize) -> GroupCommit {
         let creates = {
             let store = store.clone();
             Batcher::start(writers, max_batch, move |batch| {
@@ -150,7 +150,7 @@ impl GroupCommit {
         }
     }
 
-    pub async fn create_job(&self, new: NewJob) -> CreateOutcome {
+    pub(crate) async fn create_job(&self, new: NewJob) -> CreateOutcome {
         let (_counted, alone) = self.creates_in_flight.enter();
         if alone {
             return self.store.create_job(&new).await;
@@ -158,7 +158,7 @@ impl GroupCommit {
         self.creates.submit(new).await?
     }
 
-    pub async fn transition_job(
+    pub(crate) async fn transition_job(
         &self,
         t: Transition,
         deadline: Option<Instant>,

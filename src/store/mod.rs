@@ -238,6 +238,17 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Resul
     Ok(())
 }
 
+/// A pool of one connection, opened on demand, for a background task that must never
+/// take a request connection (the feed's announcer and listener). `name` shows in
+/// `pg_stat_activity`.
+pub(crate) fn single_connection_pool(options: PgConnectOptions, name: &str) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy_with(options.application_name(name))
+}
+
 /// The connect options with logging of every statement turned down (the ledger's
 /// statements are logged by its own spans) and a name visible in `pg_stat_activity`.
 pub(crate) fn tune_options(

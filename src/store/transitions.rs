@@ -450,11 +450,21 @@ async fn write(
         .bind(&events.detail)
         .fetch_all(&mut *tx)
         .await?;
+    Ok(written_events(decided, &events, rows))
+}
+
+/// Each call's events, with the sequence number and transaction id the database gave
+/// each (`rows`: id, seq, xid), in order.
+fn written_events(
+    decided: &[Decided<'_>],
+    events: &EventColumns<'_>,
+    rows: Vec<(Uuid, i64, i64)>,
+) -> Vec<Vec<JobEvent>> {
     let written: HashMap<Uuid, (i64, i64)> = rows
         .into_iter()
         .map(|(id, seq, xid)| (id, (seq, xid)))
         .collect();
-    Ok(decided
+    decided
         .iter()
         .zip(&events.slices)
         .map(|(d, &(first, last))| {
@@ -482,5 +492,5 @@ async fn write(
             written_events.sort_by_key(|e| e.seq);
             written_events
         })
-        .collect())
+        .collect()
 }

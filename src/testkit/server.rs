@@ -139,6 +139,41 @@ impl ServerCommand {
     /// SERVING. Unless given: a probe every 100 ms, a drain timeout of 3 s, RUST_LOG=warn.
     pub async fn start(self) -> anyhow::Result<ServerProcess> {
         let port = crate::testkit::cluster::free_port()?;
+        let mut command = self.command(port);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        if let Some(out) = child.stdout.take() {
+            let sink = stdout.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                }
+            });
+        }
+        let mut server = ServerProcess {
+            child,
+            addr: format!("http://127.0.0.1:{port}"),
+            port,
+            stdout,
+        };
+        if let Err(e) = server.wait_until_serving(Duration::from_secs(60)).await {
+            let output = server
+                .stdout
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .join("\n");
+            return Err(e.context(format!("its output:\n{output}")));
+        }
+        Ok(server)
+    }
+}
+
+impl ServerCommand {
+    /// The command line and environment of a server on `port`.
+    fn command(&self, port: u16) -> Command {
         let mut command = Command::new(&self.bin);
         command
             .args(["serve", "--database-url", &self.database_url])
@@ -171,34 +206,7 @@ impl ServerCommand {
             } else {
                 Stdio::null()
             });
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("starting {}", self.bin.display()))?;
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        if let Some(out) = child.stdout.take() {
-            let sink = stdout.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-                }
-            });
-        }
-        let mut server = ServerProcess {
-            child,
-            addr: format!("http://127.0.0.1:{port}"),
-            port,
-            stdout,
-        };
-        if let Err(e) = server.wait_until_serving(Duration::from_secs(60)).await {
-            let output = server
-                .stdout
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .join("\n");
-            return Err(e.context(format!("its output:\n{output}")));
-        }
-        Ok(server)
+        command
     }
 }
 

@@ -9,7 +9,6 @@ use std::fmt::Write as _;
 
 use chrono::{TimeZone, Utc};
 use serde::Serialize;
-use serde_json::Map;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -165,21 +164,7 @@ fn attempt_after(prev: JobStatus, next: JobStatus, attempt: i32) -> i32 {
         progress: None,
         result: None,
     };
-    let transition = Transition {
-        org_id: Uuid::nil(),
-        job_id: Uuid::nil(),
-        to: next,
-        expected_status: None,
-        attempt: None,
-        stage: None,
-        progress: None,
-        result: None,
-        error_code: None,
-        error_message: None,
-        detail: Map::new(),
-        actor: None,
-        request_id: None,
-    };
+    let transition = Transition::to(Uuid::nil(), Uuid::nil(), next);
     let applied = machine::apply(&job, &transition, t0)
         .unwrap_or_else(|e| panic!("TABLE pair {prev}->{next} refused by apply: {e}"));
     applied.events[0].attempt
@@ -205,6 +190,7 @@ const ORDERED_EVENTS: &str = "
 
 /// One query per invariant, each selecting the ids of the jobs that violate it.
 /// Parameters: $1..$4 the allowed steps, $5 the creation status, $6 the final statuses.
+// Why long: one SQL statement per invariant, listed together.
 fn invariants() -> [(&'static str, &'static str, String); 6] {
     [
         (

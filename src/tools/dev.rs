@@ -23,11 +23,10 @@ pub struct DevCluster {
 /// without, `config.database` is used as it is. Ok(()) after a clean stop, also when
 /// `shutdown` comes while the cluster is still being set up.
 pub async fn run(
-    mut config: Config,
+    config: Config,
     cluster: Option<DevCluster>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let mut shutdown = std::pin::pin!(shutdown);
     let Some(settings) = cluster else {
         let app = Application::build(config.clone()).await?;
         let database = format!(
@@ -40,12 +39,11 @@ pub async fn run(
         print_banner(app.local_addr(), &database, None, &config);
         return app.run_until_stopped(shutdown).await;
     };
-
-    let keep = settings.keep;
+    let mut shutdown = std::pin::pin!(shutdown);
     let options = ClusterOptions {
         bin_dir: settings.pg_bin_dir,
         prefix: "jobledger-dev-".to_owned(),
-        keep,
+        keep: settings.keep,
     };
     let mut setup = tokio::task::spawn_blocking(move || PrivateCluster::create(options));
     let cluster = tokio::select! {
@@ -57,9 +55,38 @@ pub async fn run(
             return Ok(());
         }
     };
+    let served = serve_on_cluster(config, &cluster, settings.keep, shutdown).await;
+    let dir = cluster.dir().to_owned();
+    let stopped = tokio::task::spawn_blocking(move || {
+        let mut cluster = cluster;
+        cluster.stop_and_remove()
+    })
+    .await
+    .context("stopping the private cluster")?;
+    served?;
+    match stopped? {
+        Stopped::Removed => println!(
+            "jobledger dev: stopped; removed the private cluster {}",
+            dir.display()
+        ),
+        Stopped::Kept { restart } => println!(
+            "jobledger dev: stopped; the cluster is kept in {}. Start it again with:\n  {restart}",
+            dir.display()
+        ),
+    }
+    Ok(())
+}
+
+/// Serves `config` on the private cluster's database until `shutdown`.
+async fn serve_on_cluster(
+    mut config: Config,
+    cluster: &PrivateCluster,
+    keep: bool,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let url = cluster.database_url("jobledger");
     config.database = crate::store::connect_options(Some(&url))?;
-    // On failure `cluster` is dropped here: PostgreSQL stopped, directory removed.
+    // On failure the caller drops `cluster`: PostgreSQL stopped, directory removed.
     let app = Application::build(config.clone()).await?;
     let database = format!(
         "a private PostgreSQL cluster: {url}\n  cluster directory: {} ({})",
@@ -71,26 +98,7 @@ pub async fn run(
         }
     );
     print_banner(app.local_addr(), &database, Some(&url), &config);
-    let served = app.run_until_stopped(shutdown.as_mut()).await;
-    let stopped = tokio::task::spawn_blocking(move || {
-        let mut cluster = cluster;
-        let dir = cluster.dir().to_owned();
-        cluster.stop_and_remove().map(|stopped| (stopped, dir))
-    })
-    .await
-    .context("stopping the private cluster")?;
-    served?;
-    match stopped? {
-        (Stopped::Removed, dir) => println!(
-            "jobledger dev: stopped; removed the private cluster {}",
-            dir.display()
-        ),
-        (Stopped::Kept { restart }, dir) => println!(
-            "jobledger dev: stopped; the cluster is kept in {}. Start it again with:\n  {restart}",
-            dir.display()
-        ),
-    }
-    Ok(())
+    app.run_until_stopped(shutdown).await
 }
 
 /// How to reach the server, on stdout (the logs may be JSON lines around it).

@@ -136,7 +136,44 @@ pub async fn export(options: &PgConnectOptions) -> anyhow::Result<ExportReport> 
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .execute(&mut *tx)
         .await?;
+    ensure_exportable(&mut tx).await?;
+    let shape_from = create_legacy_table(&mut tx).await?;
+    let exported = sqlx::query(&format!(
+        "INSERT INTO {LEGACY_TABLE} (id, status, stage, progress, result, error, created_at,
+                                     updated_at)
+         SELECT id,
+                CASE status
+                    WHEN 'queued' THEN 'pending'
+                    WHEN 'running' THEN 'processing'
+                    WHEN 'succeeded' THEN 'completed'
+                    ELSE 'failed'
+                END,
+                stage, progress, result, last_error_message, created_at, updated_at
+         FROM job
+         ORDER BY created_at, id"
+    ))
+    .execute(&mut *tx)
+    .await
+    .context("writing the ledger into table jobs")?
+    .rows_affected() as i64;
+    let statuses: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT status::text, count(*) FROM {LEGACY_TABLE} GROUP BY 1 ORDER BY 1"
+    ))
+    .fetch_all(&mut *tx)
+    .await?;
+    let lossy = losses(&mut tx).await?;
+    tx.commit().await.context("committing the export")?;
+    conn.close().await.ok();
+    Ok(ExportReport {
+        exported,
+        statuses: statuses.into_iter().collect(),
+        shape_from,
+        lossy,
+    })
+}
 
+/// There is a ledger to export, and no `jobs` table in the way.
+async fn ensure_exportable(tx: &mut PgConnection) -> anyhow::Result<()> {
     let ledger: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables
                         WHERE schemaname = current_schema() AND tablename = 'job')",
@@ -161,8 +198,12 @@ pub async fn export(options: &PgConnectOptions) -> anyhow::Result<ExportReport> 
              Rename or drop it (after checking what it holds), then export again"
         );
     }
+    Ok(())
+}
 
-    // The newest import whose kept table still exists.
+/// Creates `jobs` like the newest table an import kept (which still exists), else in
+/// the documented shape; the kept table's name, if one was copied.
+async fn create_legacy_table(tx: &mut PgConnection) -> anyhow::Result<Option<String>> {
     let shape_from: Option<String> = sqlx::query_scalar(
         "SELECT i.archived_as FROM jobledger_legacy_import i
          WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_tables
@@ -194,32 +235,12 @@ pub async fn export(options: &PgConnectOptions) -> anyhow::Result<ExportReport> 
         .execute(&mut *tx)
         .await
         .context("creating table jobs")?;
+    Ok(shape_from)
+}
 
-    let exported = sqlx::query(&format!(
-        "INSERT INTO {LEGACY_TABLE} (id, status, stage, progress, result, error, created_at,
-                                     updated_at)
-         SELECT id,
-                CASE status
-                    WHEN 'queued' THEN 'pending'
-                    WHEN 'running' THEN 'processing'
-                    WHEN 'succeeded' THEN 'completed'
-                    ELSE 'failed'
-                END,
-                stage, progress, result, last_error_message, created_at, updated_at
-         FROM job
-         ORDER BY created_at, id"
-    ))
-    .execute(&mut *tx)
-    .await
-    .context("writing the ledger into table jobs")?
-    .rows_affected() as i64;
-
-    let statuses: Vec<(String, i64)> = sqlx::query_as(&format!(
-        "SELECT status::text, count(*) FROM {LEGACY_TABLE} GROUP BY 1 ORDER BY 1"
-    ))
-    .fetch_all(&mut *tx)
-    .await?;
-    let lossy: ExportLoss = sqlx::query_as(
+/// What the old shape cannot hold, counted over the ledger.
+async fn losses(tx: &mut PgConnection) -> anyhow::Result<ExportLoss> {
+    Ok(sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 'canceled') AS canceled_as_failed,
                 count(*) FILTER (WHERE status = 'dead_letter') AS dead_letter_as_failed,
                 count(*) FILTER (WHERE org_id <> '00000000-0000-0000-0000-000000000000')
@@ -232,13 +253,5 @@ pub async fn export(options: &PgConnectOptions) -> anyhow::Result<ExportReport> 
          FROM job",
     )
     .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await.context("committing the export")?;
-    conn.close().await.ok();
-    Ok(ExportReport {
-        exported,
-        statuses: statuses.into_iter().collect(),
-        shape_from,
-        lossy,
-    })
+    .await?)
 }

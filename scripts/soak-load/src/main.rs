@@ -24,10 +24,7 @@ use std::{
 };
 
 use clap::Parser;
-use jobledger::{
-    api::convert::json_to_struct,
-    proto::{self, job_ledger_client::JobLedgerClient, JobStatus as S},
-};
+use jobledger::proto::{self, job_ledger_client::JobLedgerClient, json::json_to_struct, JobStatus as S};
 use serde_json::json;
 use tonic::{transport::Channel, Code, Status};
 use tonic_types::StatusExt;

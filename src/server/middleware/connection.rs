@@ -19,14 +19,14 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 /// An accepted connection that fails every read and write once it is older than its
 /// deadline (`--max-connection-age-ms` + `--max-connection-age-grace-ms`), so the server
 /// drops it even while calls (e.g. a StreamEvents follower) are still open on it.
-pub struct AgedConnection {
+pub(crate) struct AgedConnection {
     stream: TcpStream,
     deadline: Option<Pin<Box<Sleep>>>,
     expired: bool,
 }
 
 impl AgedConnection {
-    pub fn new(stream: TcpStream, lifetime: Option<Duration>) -> AgedConnection {
+    pub(crate) fn new(stream: TcpStream, lifetime: Option<Duration>) -> AgedConnection {
         AgedConnection {
             stream,
             deadline: lifetime.map(|d| Box::pin(tokio::time::sleep(d))),

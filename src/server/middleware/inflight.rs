@@ -22,7 +22,7 @@ use crate::server::status;
 /// Streaming methods (StreamEvents: long-lived, capped by `--max-streams`), health and
 /// reflection do not count, so probes answer and followers stay connected under load.
 #[derive(Clone)]
-pub struct InflightLimit {
+pub(crate) struct InflightLimit {
     gate: Option<Arc<Gate>>,
 }
 
@@ -40,7 +40,7 @@ struct Gate {
 
 impl InflightLimit {
     /// A cap of `limit` calls (None: no cap) on the unary methods of the ledger.
-    pub fn new(limit: Option<u32>) -> anyhow::Result<InflightLimit> {
+    pub(crate) fn new(limit: Option<u32>) -> anyhow::Result<InflightLimit> {
         let Some(limit) = limit else {
             return Ok(InflightLimit { gate: None });
         };
@@ -102,7 +102,7 @@ impl<S> tower::Layer<S> for InflightLimit {
 }
 
 #[derive(Clone)]
-pub struct InflightLimited<S> {
+pub(crate) struct InflightLimited<S> {
     inner: S,
     gate: Option<Arc<Gate>>,
 }

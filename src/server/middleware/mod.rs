@@ -13,9 +13,9 @@ mod connection;
 mod inflight;
 mod observe;
 
-pub use connection::AgedConnection;
-pub use inflight::InflightLimit;
-pub use observe::CallObserverLayer;
+pub(super) use connection::AgedConnection;
+pub(super) use inflight::InflightLimit;
+pub(super) use observe::CallObserverLayer;
 
 use crate::server::config::ConnectionConfig;
 
@@ -23,7 +23,7 @@ use crate::server::config::ConnectionConfig;
 /// graceful GOAWAY at the maximum age. Its `max_connection_age_grace` is not used: in
 /// tonic 0.14.9 setting it replaces the GOAWAY by an abrupt close at age + grace, so the
 /// grace is enforced by [`AgedConnection`] instead.
-pub fn configure<L>(
+pub(super) fn configure<L>(
     server: tonic::transport::Server<L>,
     connections: &ConnectionConfig,
 ) -> tonic::transport::Server<L> {

@@ -24,17 +24,17 @@ use crate::server::metrics::Metrics;
 use crate::server::telemetry::CallTrace;
 
 /// The `method` label of calls to a path no service of this server has.
-pub const OTHER_METHOD: &str = "other";
+pub(super) const OTHER_METHOD: &str = "other";
 
 #[derive(Clone)]
-pub struct CallObserverLayer {
+pub(crate) struct CallObserverLayer {
     metrics: Metrics,
     /// `package.Service/Method` of every method served: other paths share one label.
     methods: Arc<HashSet<String>>,
 }
 
 impl CallObserverLayer {
-    pub fn new(metrics: &Metrics) -> CallObserverLayer {
+    pub(crate) fn new(metrics: &Metrics) -> CallObserverLayer {
         CallObserverLayer {
             metrics: metrics.clone(),
             methods: Arc::new(served_methods()),
@@ -69,7 +69,7 @@ impl<S> tower::Layer<S> for CallObserverLayer {
 }
 
 #[derive(Clone)]
-pub struct CallObserver<S> {
+pub(crate) struct CallObserver<S> {
     inner: S,
     layer: CallObserverLayer,
 }

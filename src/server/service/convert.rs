@@ -11,7 +11,7 @@ use crate::ledger::{
 use crate::proto::{self, json::json_to_struct};
 use crate::store::FeedScope;
 
-pub(crate) fn status_to_proto(s: JobStatus) -> proto::JobStatus {
+pub fn status_to_proto(s: JobStatus) -> proto::JobStatus {
     match s {
         JobStatus::Queued => proto::JobStatus::Queued,
         JobStatus::Running => proto::JobStatus::Running,
@@ -102,15 +102,7 @@ pub fn transition(
         &req.error_message,
         limits.error_message_bytes,
     );
-    let detail = match req
-        .detail
-        .as_ref()
-        .map(|s| struct_to_json(&mut v, "detail", s, limits))
-    {
-        Some(Value::Object(map)) => map,
-        _ => Map::new(),
-    };
-    v.client_detail(&detail);
+    let detail = client_detail(&mut v, req.detail.as_ref(), limits);
     let actor = v.text("actor", &req.actor, limits.key_chars);
     let request_id = v.text("request_id", &req.request_id, limits.key_chars);
     v.finish()?;
@@ -134,6 +126,20 @@ pub fn transition(
         actor,
         request_id,
     })
+}
+
+/// A transition's free-form detail, checked (it may not use the server's keys).
+fn client_detail(
+    v: &mut Violations,
+    detail: Option<&Struct>,
+    limits: &Limits,
+) -> Map<String, Value> {
+    let detail = match detail.map(|s| struct_to_json(v, "detail", s, limits)) {
+        Some(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    v.client_detail(&detail);
+    detail
 }
 
 /// A `Struct` a client sent, as JSON, checked: a number JSON cannot hold (NaN,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tonic::metadata::MetadataMap;
 
 /// When the call must be answered by, if the client set a deadline.
-pub fn from_metadata(metadata: &MetadataMap) -> Option<Instant> {
+pub(super) fn from_metadata(metadata: &MetadataMap) -> Option<Instant> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
     parse_timeout(value).map(|timeout| Instant::now() + timeout)
 }

@@ -72,35 +72,39 @@ pub fn list_jobs(req: &proto::ListJobsRequest, limits: &Limits) -> Result<ListJo
         created_before,
         idempotency_key,
     );
-    let after = if req.page_token.is_empty() {
-        None
-    } else {
-        match PageToken::decode(&req.page_token) {
-            None => {
-                v.add(
-                    "page_token",
-                    "is not a page token of this ledger (use a response's `next_page_token`)",
-                );
-                None
-            }
-            // Only checked once the filter itself is valid (else it is moot).
-            Some(t) if v.is_empty() && t.filter != filter.fingerprint() => {
-                v.add(
-                    "page_token",
-                    "was issued for a different filter (org_id, statuses, type, created_after, \
-                     created_before and idempotency_key must stay the same while paging)",
-                );
-                None
-            }
-            Some(t) => Some(t.position()),
-        }
-    };
+    let after = page_position(&mut v, &req.page_token, &filter);
     v.finish()?;
     Ok(ListJobs {
         filter,
         after,
         page_size,
     })
+}
+
+/// Where the page before ended, from its token; the token must have been issued for
+/// this filter (checked only once the filter itself is valid: else it is moot).
+fn page_position(v: &mut Violations, token: &str, filter: &ListFilter) -> Option<JobPosition> {
+    if token.is_empty() {
+        return None;
+    }
+    match PageToken::decode(token) {
+        None => {
+            v.add(
+                "page_token",
+                "is not a page token of this ledger (use a response's `next_page_token`)",
+            );
+            None
+        }
+        Some(t) if v.is_empty() && t.filter != filter.fingerprint() => {
+            v.add(
+                "page_token",
+                "was issued for a different filter (org_id, statuses, type, created_after, \
+                 created_before and idempotency_key must stay the same while paging)",
+            );
+            None
+        }
+        Some(t) => Some(t.position()),
+    }
 }
 
 /// A Timestamp a client sent: nanos within 0..1e9 and a time from year 1 to 9999

@@ -9,12 +9,11 @@ use std::{
 
 use anyhow::{bail, Context};
 use jobledger::testkit::ScratchDb;
-use serde::Serialize;
 use sqlx::{postgres::PgConnectOptions, Connection, Executor, PgConnection};
 
 use super::load::{measure, rss_mib, Target};
-use super::report::print_comparison_row;
-use super::{CompareArgs, LoadArgs, Measurement, Output, Workload};
+use super::report::{print_comparison, print_comparison_row};
+use super::{CompareArgs, Comparison, ComparisonRow, LoadArgs, Output, Workload};
 
 const SCRIPTS: [(&str, &str); 3] = [
     (
@@ -30,23 +29,6 @@ const SCRIPTS: [(&str, &str); 3] = [
 
 /// Jobs `bench compare` puts in the table for the pgbench GetJob and TransitionJob scripts.
 const PGBENCH_JOBS: i64 = 10_000;
-
-/// One row of `bench compare`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ComparisonRow {
-    pub workload: Workload,
-    pub concurrency: usize,
-    pub pgbench_tps: f64,
-    pub grpc: Measurement,
-    pub ratio: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Comparison {
-    pub idle_rss_mib: Option<f64>,
-    pub pool_sizes: Vec<u32>,
-    pub rows: Vec<ComparisonRow>,
-}
 
 /// `jobledger bench compare`.
 pub async fn compare(args: CompareArgs) -> anyhow::Result<Comparison> {
@@ -66,10 +48,7 @@ async fn compare_on(
     scripts: &Path,
 ) -> anyhow::Result<Comparison> {
     let load = &args.load;
-    std::fs::create_dir_all(scripts)?;
-    for (name, text) in SCRIPTS {
-        std::fs::write(scripts.join(name), text)?;
-    }
+    write_scripts(scripts)?;
     let options = database.options()?;
     jobledger::store::prepare_database(&options).await?;
     populate_for_pgbench(&options).await?;
@@ -114,15 +93,17 @@ async fn compare_on(
             comparison.rows.push(row);
         }
     }
-    match load.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&comparison)?),
-        Output::Table => println!(
-            "\nserver idle RSS {:.1} MiB; pool sizes {:?}",
-            comparison.idle_rss_mib.unwrap_or(f64::NAN),
-            comparison.pool_sizes
-        ),
-    }
+    print_comparison(&comparison, load.output);
     Ok(comparison)
+}
+
+/// The pgbench scripts (bench/*.sql), where pgbench runs.
+fn write_scripts(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (name, text) in SCRIPTS {
+        std::fs::write(dir.join(name), text)?;
+    }
+    Ok(())
 }
 
 /// The pgbench scripts (with weights) that run what a workload's calls run.

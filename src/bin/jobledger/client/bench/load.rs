@@ -270,34 +270,55 @@ pub async fn measure(
     for caller in callers {
         tally.merge(caller.await?);
     }
-    let (client_cpu_before, server_cpu_before) = usage_before.await?;
-    let h = &tally.latency_us;
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    Ok(Measurement {
+    let usage_before = usage_before.await?;
+    Ok(Measurement::new(
         workload,
         concurrency,
-        connections: load.connections,
-        seconds: load.duration,
-        requests: tally.requests,
-        errors: tally.errors,
-        throughput: tally.requests as f64 / load.duration,
-        latency_ms: Latency {
-            p50: ms(0.5),
-            p90: ms(0.9),
-            p99: ms(0.99),
-            p999: ms(0.999),
-            max: h.max() as f64 / 1000.0,
-        },
-        first_error: tally.first_error,
-        client_cpu_seconds: cpu_seconds("self") - client_cpu_before,
-        server: target
-            .pid
-            .zip(server_cpu_before)
-            .map(|(pid, before)| ServerUsage {
-                cpu_seconds: cpu_seconds(&pid.to_string()) - before,
-                peak_rss_mib: rss_mib(pid, "VmHWM:"),
-            }),
-    })
+        load,
+        tally,
+        usage_before,
+        target.pid,
+    ))
+}
+
+impl Measurement {
+    /// The callers' merged tally and what the processes used since `before` (this
+    /// process's and the server's CPU seconds at the window's start).
+    fn new(
+        workload: Workload,
+        concurrency: usize,
+        load: &LoadArgs,
+        tally: Tally,
+        (client_cpu_before, server_cpu_before): (f64, Option<f64>),
+        server_pid: Option<u32>,
+    ) -> Measurement {
+        let h = &tally.latency_us;
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Measurement {
+            workload,
+            concurrency,
+            connections: load.connections,
+            seconds: load.duration,
+            requests: tally.requests,
+            errors: tally.errors,
+            throughput: tally.requests as f64 / load.duration,
+            latency_ms: Latency {
+                p50: ms(0.5),
+                p90: ms(0.9),
+                p99: ms(0.99),
+                p999: ms(0.999),
+                max: h.max() as f64 / 1000.0,
+            },
+            first_error: tally.first_error,
+            client_cpu_seconds: cpu_seconds("self") - client_cpu_before,
+            server: server_pid
+                .zip(server_cpu_before)
+                .map(|(pid, before)| ServerUsage {
+                    cpu_seconds: cpu_seconds(&pid.to_string()) - before,
+                    peak_rss_mib: rss_mib(pid, "VmHWM:"),
+                }),
+        }
+    }
 }
 
 /// At `at`: the CPU seconds this process and the server (if its pid is known) used so

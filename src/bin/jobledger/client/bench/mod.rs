@@ -193,6 +193,23 @@ pub struct Report {
     pub measurements: Vec<Measurement>,
 }
 
+/// One row of `bench compare`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComparisonRow {
+    pub workload: Workload,
+    pub concurrency: usize,
+    pub pgbench_tps: f64,
+    pub grpc: Measurement,
+    pub ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub idle_rss_mib: Option<f64>,
+    pub pool_sizes: Vec<u32>,
+    pub rows: Vec<ComparisonRow>,
+}
+
 /// `jobledger bench ...`: runs, prints, exit code 1 on failure or on any failed call.
 pub async fn run(args: BenchArgs) -> ExitCode {
     let result = match args.command {

@@ -1,6 +1,6 @@
 //! Printing measurements: aligned columns, a Markdown table row per comparison, or JSON.
 
-use super::{compare::ComparisonRow, Output, Report};
+use super::{Comparison, ComparisonRow, Output, Report};
 
 pub fn print_report(report: &Report, output: Output) {
     if output == Output::Json {
@@ -99,5 +99,20 @@ pub fn print_comparison_row(row: &ComparisonRow, header: bool) {
             g.errors,
             g.first_error.as_deref().unwrap_or("")
         );
+    }
+}
+
+/// The end of `bench compare`: the whole comparison as JSON, or the table's footer.
+pub fn print_comparison(comparison: &Comparison, output: Output) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(comparison).unwrap_or_default()
+        ),
+        Output::Table => println!(
+            "\nserver idle RSS {:.1} MiB; pool sizes {:?}",
+            comparison.idle_rss_mib.unwrap_or(f64::NAN),
+            comparison.pool_sizes
+        ),
     }
 }

@@ -23,9 +23,36 @@ impl Call {
             after_cursor,
             history_only: false,
         };
-        let mut stream = self.client.stream_events(request).await?.into_inner();
+        let stream = self.client.stream_events(request).await?.into_inner();
         let bar =
             (self.output == Output::Table && std::io::stdout().is_terminal()).then(progress_bar);
+        let last = self.follow(stream, bar.as_ref(), &job_id).await?;
+        // The stream ended: the job is final. With --after-cursor past its last event
+        // nothing was sent, so ask for the status.
+        let status = match &last {
+            Some(event) => event.next_status,
+            None => self.get_job(job_id.clone()).await?.status,
+        };
+        let status = status_name(status);
+        if let Some(bar) = bar {
+            bar.finish_with_message(status.clone());
+        }
+        if status == "SUCCEEDED" {
+            Ok(())
+        } else {
+            Err(Failure::NotSucceeded { job_id, status })
+        }
+    }
+}
+
+impl Call {
+    /// Prints each event as it comes until the server ends the stream; the last one.
+    async fn follow(
+        &self,
+        mut stream: tonic::Streaming<proto::JobEvent>,
+        bar: Option<&indicatif::ProgressBar>,
+        job_id: &str,
+    ) -> Result<Option<proto::JobEvent>, Failure> {
         let mut last: Option<proto::JobEvent> = None;
         loop {
             match stream.message().await {
@@ -34,7 +61,7 @@ impl Call {
                         Output::Json => event_json(&event).to_string(),
                         Output::Table => event_line(&event),
                     };
-                    match &bar {
+                    match bar {
                         Some(bar) => {
                             bar.println(line);
                             update_bar(bar, &event);
@@ -43,9 +70,9 @@ impl Call {
                     }
                     last = Some(event);
                 }
-                Ok(None) => break,
+                Ok(None) => return Ok(last),
                 Err(status) => {
-                    if let Some(bar) = &bar {
+                    if let Some(bar) = bar {
                         bar.abandon();
                     }
                     if let Some(last) = &last {
@@ -59,21 +86,6 @@ impl Call {
                     return Err(status.into());
                 }
             }
-        }
-        // The stream ended: the job is final. With --after-cursor past its last event
-        // nothing was sent, so ask for the status.
-        let status = match &last {
-            Some(event) => event.next_status,
-            None => self.get_job(job_id.clone()).await?.status,
-        };
-        let status = status_name(status);
-        if let Some(bar) = &bar {
-            bar.finish_with_message(status.clone());
-        }
-        if status == "SUCCEEDED" {
-            Ok(())
-        } else {
-            Err(Failure::NotSucceeded { job_id, status })
         }
     }
 }
