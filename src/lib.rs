@@ -10,12 +10,14 @@
 //! | domain | [`ledger`] | jobs, events, the state machine as a table, input rules, the one error type — no tonic, no SQL |
 //! | storage | [`store`] | PostgreSQL: every statement (`store/queries/*.sql`), transactions, group commit |
 //! | storage | [`feed`] | the live event feed: post-commit announcements, LISTEN, one reader per subscriber |
+//! | dispatch | [`dispatch`] | claims that wait for work, the rescue of expired leases |
 //! | tools | [`tools`] | the invariant checker, the Python stack's import and export, `jobledger dev` |
 //! | tools | [`testkit`] | private PostgreSQL clusters, scratch databases, servers for tests and benchmarks |
 //!
 //! The `jobledger` binary (`src/bin/jobledger/`) is the command line: `serve` turns flags
 //! into a [`server::Config`]; `job`, `health` and `bench` are its gRPC client side.
 
+pub mod dispatch;
 pub mod feed;
 pub mod ledger;
 pub mod proto;

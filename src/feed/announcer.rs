@@ -13,21 +13,20 @@ use std::{collections::HashSet, sync::Arc};
 use sqlx::postgres::PgConnectOptions;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use super::{listener::CHANNEL, wakeups::Wakeups};
+use super::{announcement::Announcement, listener::CHANNEL, wakeups::Wakeups};
 
-/// Most (org, job) pairs sent in one NOTIFY statement.
+/// Most announcements sent in one NOTIFY statement.
 const BATCH: usize = 1000;
 
 /// The write side's handle: `announce` after a commit. Never blocks.
 #[derive(Clone, Debug)]
 pub(crate) struct Announcer {
-    tx: mpsc::UnboundedSender<(Uuid, Uuid)>,
+    tx: mpsc::UnboundedSender<Announcement>,
 }
 
 /// The queue `announce_loop` drains.
-pub(crate) struct AnnounceQueue(mpsc::UnboundedReceiver<(Uuid, Uuid)>);
+pub(crate) struct AnnounceQueue(mpsc::UnboundedReceiver<Announcement>);
 
 impl Announcer {
     pub(crate) fn new() -> (Announcer, AnnounceQueue) {
@@ -35,10 +34,10 @@ impl Announcer {
         (Announcer { tx }, AnnounceQueue(rx))
     }
 
-    /// An event of `job_id` in `org_id` was committed.
-    pub(crate) fn announce(&self, org_id: Uuid, job_id: Uuid) {
+    /// A change was committed.
+    pub(crate) fn announce(&self, announcement: Announcement) {
         // Only fails when the loop has stopped (shutdown): nobody is left to wake.
-        let _ = self.tx.send((org_id, job_id));
+        let _ = self.tx.send(announcement);
     }
 }
 
@@ -68,13 +67,10 @@ pub(crate) async fn announce_loop(
                 Err(_) => break,
             }
         }
-        for (org_id, job_id) in &batch {
-            wakeups.wake(*org_id, *job_id);
+        for announcement in &batch {
+            wakeups.announced(announcement);
         }
-        let payloads: Vec<String> = batch
-            .iter()
-            .map(|(org_id, job_id)| format!("{org_id} {job_id}"))
-            .collect();
+        let payloads: Vec<String> = batch.iter().map(Announcement::payload).collect();
         let sent = crate::store::notify_events(&pool, CHANNEL, &payloads).await;
         if let Err(e) = sent {
             // Other replicas find these events at their next periodic re-read.

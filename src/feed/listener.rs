@@ -6,9 +6,8 @@ use std::{sync::Arc, time::Duration};
 
 use sqlx::postgres::{PgConnectOptions, PgListener};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use super::wakeups::Wakeups;
+use super::{announcement::Announcement, wakeups::Wakeups};
 
 /// The NOTIFY channel written by the `job_event` insert trigger (migration 0002).
 pub(crate) const CHANNEL: &str = "jobledger_events";
@@ -74,10 +73,10 @@ async fn connect(pool: &sqlx::PgPool) -> Result<PgListener, sqlx::Error> {
 }
 
 fn wake(wakeups: &Wakeups, payload: &str) {
-    let mut ids = payload.split(' ').map(Uuid::try_parse);
-    match (ids.next(), ids.next()) {
-        (Some(Ok(org)), Some(Ok(job))) => wakeups.wake(org, job),
-        // Not ours to interpret: wake everyone rather than miss something.
-        _ => wakeups.wake_everyone(),
+    match Announcement::parse(payload) {
+        Some(announcement) => wakeups.announced(&announcement),
+        // Not ours to interpret (an older replica's, say): wake everyone rather than
+        // miss something.
+        None => wakeups.wake_everyone(),
     }
 }

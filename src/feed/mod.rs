@@ -7,7 +7,9 @@
 //! a lost notification, a dropped listener, or events written by another program. Memory per
 //! subscriber is bounded by one page plus a small channel, however slow the reader.
 
+mod announcement;
 mod announcer;
+mod claims;
 mod listener;
 mod subscription;
 mod wakeups;
@@ -17,7 +19,9 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use announcement::Announcement;
 pub(crate) use announcer::{announce_loop, AnnounceQueue, Announcer};
+pub(crate) use claims::{ClaimWaiter, ClaimWakeups, QueueKey};
 pub(crate) use listener::listen;
 use wakeups::Wakeups;
 
@@ -92,8 +96,39 @@ impl Feed {
 
     /// Call after committing an event of `job_id`: wakes its subscribers here and on
     /// the other replicas.
-    pub(crate) fn announce(&self, org_id: uuid::Uuid, job_id: uuid::Uuid) {
-        self.announcer.announce(org_id, job_id);
+    pub(crate) fn announce(&self, announcement: Announcement) {
+        self.announcer.announce(announcement);
+    }
+
+    /// Call after committing the events of a job: wakes its subscribers and waiting
+    /// claims here and on the other replicas.
+    pub(crate) fn announce_events(&self, job: &crate::ledger::Job, events: &[JobEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        self.announce(Announcement::Event {
+            org_id: job.org_id,
+            job_id: job.id,
+            job_type: job.job_type.clone(),
+            prev: events[0].prev_status,
+            next: job.status,
+        });
+    }
+
+    /// Call after creating a job (QUEUED).
+    pub(crate) fn announce_created(&self, job: &crate::ledger::Job) {
+        self.announce(Announcement::Event {
+            org_id: job.org_id,
+            job_id: job.id,
+            job_type: job.job_type.clone(),
+            prev: None,
+            next: job.status,
+        });
+    }
+
+    /// The waiting claims of this process.
+    pub(crate) fn claims(&self) -> &Arc<ClaimWakeups> {
+        &self.wakeups.claims
     }
 
     /// The hub the listener task wakes.

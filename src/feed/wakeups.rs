@@ -3,14 +3,21 @@
 //! A watch channel remembers that it changed, so a wake-up sent while a subscriber is
 //! busy reading is not lost: its next wait returns at once.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::{announcement::Announcement, claims::ClaimWakeups};
+
 pub(crate) struct Wakeups {
     by_key: Mutex<HashMap<Uuid, watch::Sender<()>>>,
     everyone: watch::Sender<()>,
+    /// Waiting claims, woken by the same announcements.
+    pub(crate) claims: Arc<ClaimWakeups>,
 }
 
 impl Default for Wakeups {
@@ -18,6 +25,7 @@ impl Default for Wakeups {
         Wakeups {
             by_key: Mutex::new(HashMap::new()),
             everyone: watch::Sender::new(()),
+            claims: Arc::default(),
         }
     }
 }
@@ -43,8 +51,18 @@ impl Wakeups {
         }
     }
 
+    /// Wakes the subscribers and waiting claims a committed change interests.
+    pub(crate) fn announced(&self, announcement: &Announcement) {
+        if let Announcement::Event { org_id, job_id, .. } = announcement {
+            self.wake(*org_id, *job_id);
+        }
+        self.claims.announced(announcement);
+    }
+
+    /// Wakes every subscriber and waiting claim (announcements may have been missed).
     pub(crate) fn wake_everyone(&self) {
         self.everyone.send_replace(());
+        self.claims.wake_all();
     }
 
     /// Forgets keys nobody is subscribed to any more.

@@ -43,6 +43,11 @@ pub enum LedgerError {
     #[error("attempt {reported} is stale: the job is on attempt {current}")]
     StaleAttempt { reported: i32, current: i32 },
 
+    /// A report or heartbeat of a worker whose job is no longer RUNNING (canceled,
+    /// rescued, handed back): the worker must stop.
+    #[error("job is {status}, no longer RUNNING: stop working on it")]
+    JobNotRunning { status: JobStatus },
+
     #[error("idempotency key already used by job {job_id} with a different type or params")]
     IdempotencyKeyReused { job_id: Uuid },
 
@@ -54,6 +59,9 @@ pub enum LedgerError {
 
     #[error("too many open event streams on this server ({limit}); retry later or elsewhere")]
     TooManyStreams { limit: usize },
+
+    #[error("too many claims waiting on this server ({limit}); retry later or elsewhere")]
+    TooManyWaitingClaims { limit: usize },
 
     #[error("server shutting down; resume from the last cursor received")]
     ShuttingDown,

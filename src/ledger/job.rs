@@ -33,6 +33,31 @@ pub struct Job {
     pub stage: Option<String>,
     pub progress: Option<i32>,
     pub result: Option<Value>,
+    /// QUEUED/FAILED: not claimable before this instant (None: at once).
+    #[serde(default)]
+    pub run_after: Option<DateTime<Utc>>,
+    /// The lease of a RUNNING job (None: no lease).
+    #[serde(default)]
+    pub lease: Option<Lease>,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+}
+
+/// Who holds a RUNNING job, until when, and the length a heartbeat extends it by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub expires_at: DateTime<Utc>,
+    /// The worker that holds it ("" when the start that set it named no actor).
+    pub holder: Option<String>,
+    /// Its length in milliseconds.
+    pub ms: i32,
+}
+
+/// A job's backoff between attempts; None: the server's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    pub initial_backoff_ms: Option<i64>,
+    pub max_backoff_ms: Option<i64>,
 }
 
 /// One row of `job_event`. `(xid, seq)` orders events (see `Cursor`).
@@ -70,6 +95,9 @@ pub struct NewJob {
     pub requested_by: Option<String>,
     pub max_attempts: i32,
     pub params: Option<Value>,
+    /// Not claimable before this instant.
+    pub run_after: Option<DateTime<Utc>>,
+    pub retry: RetryPolicy,
 }
 
 /// A validated TransitionJob.
@@ -89,6 +117,10 @@ pub struct Transition {
     pub detail: Map<String, Value>,
     pub actor: Option<String>,
     pub request_id: Option<String>,
+    /// Into RUNNING: the lease, in milliseconds (the holder is the actor of a start).
+    pub lease_ms: Option<i32>,
+    /// Into FAILED: claimable again after this many milliseconds (instead of the backoff).
+    pub retry_after_ms: Option<i64>,
 }
 
 impl Transition {
@@ -108,6 +140,39 @@ impl Transition {
             detail: Map::new(),
             actor: None,
             request_id: None,
+            lease_ms: None,
+            retry_after_ms: None,
+        }
+    }
+}
+
+impl Job {
+    /// A job in `status` at `attempt` of `max_attempts`, created and last changed `at`,
+    /// with nothing else set: what the state machine's rules are checked against.
+    pub fn at_status(status: JobStatus, attempt: i32, max_attempts: i32, at: DateTime<Utc>) -> Job {
+        Job {
+            id: Uuid::nil(),
+            org_id: DEFAULT_ORG,
+            job_type: String::new(),
+            status,
+            attempt,
+            max_attempts,
+            priority: 0,
+            idempotency_key: None,
+            requested_by: None,
+            params: None,
+            created_at: at,
+            updated_at: at,
+            started_at: None,
+            finished_at: status.is_finished().then_some(at),
+            last_error_code: None,
+            last_error_message: None,
+            stage: None,
+            progress: None,
+            result: None,
+            run_after: None,
+            lease: None,
+            retry: RetryPolicy::default(),
         }
     }
 }

@@ -4,10 +4,10 @@
 //! consults it and computes the job's next state and the events to write; the store
 //! only persists what `apply` decided.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Map, Value};
 
-use super::{Job, JobStatus, LedgerError, NewEvent, Transition};
+use super::{Job, JobStatus, Lease, LedgerError, NewEvent, RetryPolicy, Transition};
 use JobStatus::*;
 
 /// What a legal (from, to) pair means; the kind carries the special rules.
@@ -74,7 +74,12 @@ pub const RESERVED_DETAIL_KEYS: &[&str] = &[
     "actor",
     "request_id",
     "reason",
+    "run_after",
 ];
+
+/// The backoff of a job whose RetryPolicy leaves it unset (spec §7).
+pub const DEFAULT_INITIAL_BACKOFF_MS: i64 = 1_000;
+pub const DEFAULT_MAX_BACKOFF_MS: i64 = 3_600_000;
 
 /// The outcome of a legal transition: the job's next state and the events, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,14 +95,19 @@ pub struct Applied {
 pub fn apply(job: &Job, t: &Transition, now: DateTime<Utc>) -> Result<Applied, LedgerError> {
     let kind = check(job, t)?;
     let mut next = next_state(job, t, kind, now);
+    let mut detail = event_detail(t);
+    if let Some(run_after) = next.run_after.filter(|_| kind == StepKind::Fail) {
+        detail.insert("run_after".into(), json!(run_after));
+    }
     let mut events = vec![NewEvent {
         prev_status: job.status,
         next_status: t.to,
         attempt: next.attempt,
-        detail: event_detail(t),
+        detail,
     }];
     if kind == StepKind::Fail && next.attempt >= next.max_attempts {
         next.status = DeadLetter;
+        next.run_after = None;
         let mut detail = Map::new();
         detail.insert("reason".into(), json!("max_attempts_exhausted"));
         detail.insert("max_attempts".into(), json!(next.max_attempts));
@@ -121,6 +131,15 @@ fn check(job: &Job, t: &Transition) -> Result<StepKind, LedgerError> {
                 actual: from,
             });
         }
+    }
+    // A report into RUNNING that names its attempt and no expected status comes from
+    // the holder of that attempt: it is a progress report, never a start or retry. Once
+    // the job left RUNNING (canceled, rescued, handed back) the worker must stop.
+    let holder_report = to == JobStatus::Running
+        && t.attempt.is_some_and(|a| a >= 1)
+        && t.expected_status.is_none();
+    if holder_report && from != JobStatus::Running {
+        return Err(LedgerError::JobNotRunning { status: from });
     }
     if let Some(reported) = t.attempt {
         if reported != job.attempt {
@@ -185,7 +204,65 @@ fn next_state(job: &Job, t: &Transition, kind: StepKind, now: DateTime<Utc>) -> 
             next.last_error_message = t.error_message.clone();
         }
     }
+    next.lease = next_lease(job, t, now);
+    next.run_after = match kind {
+        // A failure with attempts left waits out the backoff (or the worker's retry_after).
+        StepKind::Fail if next.attempt < next.max_attempts => {
+            let delay_ms = t
+                .retry_after_ms
+                .unwrap_or_else(|| backoff_ms(&job.retry, job.id, job.attempt));
+            Some(now + TimeDelta::milliseconds(delay_ms))
+        }
+        // Anything else that ends QUEUED (requeue, retry, redrive) is claimable at once;
+        // other statuses have no run_after.
+        _ => None,
+    };
     next
+}
+
+/// The lease after `t`: a start or retry with a lease takes one (held by its actor); a
+/// progress report moves it on by its own lease or else the current lease's length;
+/// leaving RUNNING, or a start without one, has none.
+fn next_lease(job: &Job, t: &Transition, now: DateTime<Utc>) -> Option<Lease> {
+    if t.to != Running {
+        return None;
+    }
+    let lengthen = |ms: i32, holder: Option<String>| Lease {
+        expires_at: now + TimeDelta::milliseconds(ms.into()),
+        holder,
+        ms,
+    };
+    match (&job.lease, job.status) {
+        (Some(current), Running) => {
+            let ms = t.lease_ms.unwrap_or(current.ms);
+            Some(lengthen(ms, current.holder.clone()))
+        }
+        (None, Running) => t.lease_ms.map(|ms| lengthen(ms, None)),
+        _ => t.lease_ms.map(|ms| lengthen(ms, t.actor.clone())),
+    }
+}
+
+/// How long a job waits after failing `attempt` (≥ 1) before it is claimable again:
+/// d = min(max, initial × 2^(attempt − 1)), then d × a factor in [0.5, 1.0) that spreads
+/// retries of jobs that failed together. The factor comes from the job's id and attempt,
+/// so the same failure always gets the same delay (and the rule can be tested).
+pub fn backoff_ms(policy: &RetryPolicy, job_id: uuid::Uuid, attempt: i32) -> i64 {
+    let initial = policy
+        .initial_backoff_ms
+        .unwrap_or(DEFAULT_INITIAL_BACKOFF_MS);
+    let max = policy.max_backoff_ms.unwrap_or(DEFAULT_MAX_BACKOFF_MS);
+    let doublings = (attempt.max(1) - 1).min(62) as u32;
+    let d = initial
+        .saturating_mul(1i64.checked_shl(doublings).unwrap_or(i64::MAX))
+        .min(max);
+    // FNV-1a over the id and attempt: a stable fraction in [0, 1).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in job_id.as_bytes().iter().chain(&attempt.to_be_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let fraction = (h >> 11) as f64 / (1u64 << 53) as f64;
+    (d as f64 * (0.5 + 0.5 * fraction)) as i64
 }
 
 /// The detail stored on a transition's event: the client's free-form detail plus the
@@ -224,24 +301,8 @@ mod tests {
     fn job(status: JobStatus, attempt: i32, max_attempts: i32) -> Job {
         Job {
             id: Uuid::from_u128(1),
-            org_id: DEFAULT_ORG,
             job_type: "t".into(),
-            status,
-            attempt,
-            max_attempts,
-            priority: 0,
-            idempotency_key: None,
-            requested_by: None,
-            params: None,
-            created_at: t0(),
-            updated_at: t0(),
-            started_at: None,
-            finished_at: status.is_finished().then(t0),
-            last_error_code: None,
-            last_error_message: None,
-            stage: None,
-            progress: None,
-            result: None,
+            ..Job::at_status(status, attempt, max_attempts, t0())
         }
     }
 

@@ -14,8 +14,11 @@ pub mod validate;
 
 pub use cursor::Cursor;
 pub use error::{FieldViolation, LedgerError};
-pub use job::{Job, JobEvent, NewEvent, NewJob, Transition, DEFAULT_ORG};
+pub use job::{Job, JobEvent, Lease, NewEvent, NewJob, RetryPolicy, Transition, DEFAULT_ORG};
 pub use listing::{JobPosition, ListFilter};
 pub use machine::{apply, Applied};
 pub use status::JobStatus;
-pub use validate::{Limits, Violations, DEFAULT_MAX_ATTEMPTS, MAX_JOBS_PER_BATCH};
+pub use validate::{
+    Limits, Violations, DEFAULT_LEASE_MS, DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_JOBS, MAX_CLAIM_TYPES,
+    MAX_JOBS_PER_BATCH, MAX_WAIT_MS,
+};

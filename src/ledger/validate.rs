@@ -11,8 +11,20 @@ use super::{machine::RESERVED_DETAIL_KEYS, FieldViolation, JobStatus, LedgerErro
 /// A job's `max_attempts` when its create leaves it 0.
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 5;
 
-/// Most jobs one CreateJobs call may carry.
+/// Most jobs one CreateJobs call (or transitions one TransitionJobs call) may carry.
 pub const MAX_JOBS_PER_BATCH: usize = 1000;
+
+/// A claim's lease when it asks for none (spec §7), and the bounds of every lease.
+pub const DEFAULT_LEASE_MS: i32 = 30_000;
+pub const MIN_LEASE_MS: i64 = 1_000;
+pub const MAX_LEASE_MS: i64 = 3_600_000;
+/// The longest a claim may wait for work.
+pub const MAX_WAIT_MS: i64 = 60_000;
+/// Most jobs one claim may take, and job types it may name.
+pub const MAX_CLAIM_JOBS: i32 = 100;
+pub const MAX_CLAIM_TYPES: usize = 32;
+/// The longest delay a retry_after or a retry policy may set: 30 days.
+pub const MAX_DELAY_MS: i64 = 30 * 24 * 3_600_000;
 
 /// Configurable limits (spec §3). Lengths of strings are in characters, as
 /// `varchar(n)` counts them; `error_message` and JSON sizes are in bytes.
@@ -206,6 +218,43 @@ impl Violations {
                 );
                 DEFAULT_MAX_ATTEMPTS
             }
+        }
+    }
+
+    /// A lease of `ms` milliseconds: 1 s .. 1 h.
+    pub fn lease(&mut self, field: &str, ms: i64) -> Option<i32> {
+        if (MIN_LEASE_MS..=MAX_LEASE_MS).contains(&ms) {
+            return i32::try_from(ms).ok();
+        }
+        self.add(field, format!("must be 1s..1h, got {ms} ms"));
+        None
+    }
+
+    /// A delay (a retry_after, a backoff): 0 .. 30 days.
+    pub fn delay(&mut self, field: &str, ms: i64) -> Option<i64> {
+        if (0..=MAX_DELAY_MS).contains(&ms) {
+            return Some(ms);
+        }
+        self.add(field, format!("must be at most 30 days, got {ms} ms"));
+        None
+    }
+
+    /// A lease is for a job left RUNNING; a retry_after for one moved to FAILED.
+    pub fn needs_status(
+        &mut self,
+        field: &str,
+        given: bool,
+        to: Option<JobStatus>,
+        needs: JobStatus,
+    ) {
+        if given && to.is_some_and(|to| to != needs) {
+            self.add(
+                field,
+                format!(
+                    "is accepted only with to_status JOB_STATUS_{}",
+                    needs.api_name()
+                ),
+            );
         }
     }
 

@@ -17,9 +17,14 @@ use uuid::Uuid;
 use super::config::AuthConfig;
 use crate::proto;
 
-/// The org a verified token speaks for, in a request's extensions.
+/// Who a verified token speaks for, in a request's extensions: an org, and whether it is
+/// a worker's token (the configured worker scope), which may act in every org and claim
+/// from all of them. A worker's token need not name an org.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AuthenticatedOrg(pub Uuid);
+pub struct Caller {
+    pub org: Option<Uuid>,
+    pub worker: bool,
+}
 
 /// A key and the one algorithm it verifies.
 struct Key {
@@ -35,6 +40,7 @@ pub struct Verifier {
     issuer: Option<String>,
     audience: Option<String>,
     org_claim: Vec<String>,
+    worker_scope: String,
     leeway_secs: u64,
 }
 
@@ -49,6 +55,8 @@ pub enum AuthError {
         token_org: Uuid,
         entry: Option<usize>,
     },
+    /// PERMISSION_DENIED: a claim of every org with a token that is not a worker's.
+    WorkerScopeRequired,
 }
 
 /// Why a token was refused (the ErrorInfo reason and a message that never quotes it).
@@ -104,12 +112,13 @@ impl Verifier {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             org_claim,
+            worker_scope: config.worker_scope.clone(),
             leeway_secs: config.leeway.as_secs(),
         })
     }
 
     /// The org a bearer token speaks for, or why it is refused.
-    pub fn verify(&self, token: &str) -> Result<Uuid, Refusal> {
+    pub fn verify(&self, token: &str) -> Result<Caller, Refusal> {
         // `alg: none` and unknown algorithms fail here: the header does not parse.
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| refuse("INVALID_TOKEN", "the bearer token is not a valid JWT"))?;
@@ -117,24 +126,29 @@ impl Verifier {
         let data =
             jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &self.validation(key))
                 .map_err(|e| refusal_of(e.kind()))?;
+        let worker = has_scope(&data.claims, &self.worker_scope);
         let claim = self.org_claim.join(".");
         let org = self
             .org_claim
             .iter()
             .try_fold(&data.claims, |value, name| value.get(name))
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| {
+            .and_then(|v| v.as_str());
+        let org = match org {
+            Some(org) => Some(Uuid::parse_str(org).map_err(|_| {
                 refuse(
                     "ORG_CLAIM_MISSING",
-                    format!("the bearer token has no string claim `{claim}` naming an org"),
+                    format!("the bearer token's claim `{claim}` is not an org id (a UUID)"),
                 )
-            })?;
-        Uuid::parse_str(org).map_err(|_| {
-            refuse(
-                "ORG_CLAIM_MISSING",
-                format!("the bearer token's claim `{claim}` is not an org id (a UUID)"),
-            )
-        })
+            })?),
+            None if worker => None,
+            None => {
+                return Err(refuse(
+                    "ORG_CLAIM_MISSING",
+                    format!("the bearer token has no string claim `{claim}` naming an org"),
+                ))
+            }
+        };
+        Ok(Caller { org, worker })
     }
 
     /// What a token verified by `key` must satisfy: `exp` (and `nbf` if present) within
@@ -182,6 +196,25 @@ impl Verifier {
             )
         })
     }
+}
+
+/// Whether the token's `scope` (space-separated, OAuth 2) or `scp` (a list or a string)
+/// grants `wanted`.
+fn has_scope(claims: &serde_json::Value, wanted: &str) -> bool {
+    let words = |v: &serde_json::Value| -> Vec<String> {
+        match v {
+            serde_json::Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    ["scope", "scp"]
+        .iter()
+        .filter_map(|name| claims.get(name))
+        .any(|v| words(v).iter().any(|w| w == wanted))
 }
 
 /// Why a token that decoded did not verify, in words that never quote it.
@@ -289,11 +322,11 @@ impl Interceptor for AuthInterceptor {
             return Ok(request);
         };
         let token = bearer_token(&request).map_err(AuthError::Refused)?;
-        let org = verifier.verify(token).map_err(|refusal| {
+        let caller = verifier.verify(token).map_err(|refusal| {
             tracing::debug!(reason = refusal.reason, "call refused: bad credentials");
             AuthError::Refused(refusal)
         })?;
-        request.extensions_mut().insert(AuthenticatedOrg(org));
+        request.extensions_mut().insert(caller);
         Ok(request)
     }
 }
@@ -336,55 +369,70 @@ org_scoped!(
     proto::CreateJobRequest,
     proto::GetJobRequest,
     proto::TransitionJobRequest,
-    proto::StreamEventsRequest
+    proto::StreamEventsRequest,
+    proto::ClaimJobsRequest,
+    proto::HeartbeatJobRequest,
+    proto::UpdateQueueRequest,
+    proto::ListQueuesRequest
 );
 
-/// The org of a request authenticated by a token; `None` when authentication is off.
-pub fn authenticated_org<T>(request: &Request<T>) -> Option<Uuid> {
-    request
-        .extensions()
-        .get::<AuthenticatedOrg>()
-        .map(|AuthenticatedOrg(org)| *org)
+/// Who a request authenticated by a token speaks for; `None` when authentication is off.
+pub fn caller<T>(request: &Request<T>) -> Option<Caller> {
+    request.extensions().get::<Caller>().copied()
 }
 
-/// Scopes `org_id` to the token's org: "" becomes it, another org is PERMISSION_DENIED.
-/// A malformed value is left for validation (INVALID_ARGUMENT).
-pub fn scope_org(token_org: Option<Uuid>, org_id: &mut String) -> Result<(), AuthError> {
-    let Some(token_org) = token_org else {
+/// Scopes `org_id` to the caller: "" becomes the token's org; another org is
+/// PERMISSION_DENIED, except for a worker's token. A malformed value is left for
+/// validation (INVALID_ARGUMENT).
+pub fn scope_org(caller: Option<Caller>, org_id: &mut String) -> Result<(), AuthError> {
+    let Some(caller) = caller else {
         return Ok(());
     };
     if org_id.is_empty() {
-        *org_id = token_org.to_string();
+        if let Some(org) = caller.org {
+            *org_id = org.to_string();
+        }
         return Ok(());
     }
     match Uuid::parse_str(org_id) {
-        Ok(named) if named != token_org => Err(AuthError::OrgMismatch {
+        Ok(named) if Some(named) != caller.org && !caller.worker => Err(AuthError::OrgMismatch {
             named,
-            token_org,
+            token_org: caller.org.unwrap_or_default(),
             entry: None,
         }),
         _ => Ok(()),
     }
 }
 
-/// Scopes a request's `org_id` to the org of its token (see `scope_org`).
+/// Scopes a request's `org_id` to its caller (see `scope_org`).
 pub fn scope<T: OrgScoped>(request: &mut Request<T>) -> Result<(), AuthError> {
-    let org = authenticated_org(request);
-    scope_org(org, request.get_mut().org_id_mut())
+    let caller = caller(request);
+    scope_org(caller, request.get_mut().org_id_mut())
 }
 
-/// Scopes every entry of a CreateJobs call: one entry naming another org refuses the
-/// whole call (nothing is written).
-pub fn scope_batch(request: &mut Request<proto::CreateJobsRequest>) -> Result<(), AuthError> {
-    let org = authenticated_org(request);
-    for (i, entry) in request.get_mut().jobs.iter_mut().enumerate() {
-        scope_org(org, &mut entry.org_id).map_err(|_| AuthError::OrgMismatch {
-            named: Uuid::parse_str(&entry.org_id).unwrap_or_default(),
-            token_org: org.unwrap_or_default(),
+/// Scopes every entry of a CreateJobs (or TransitionJobs) call: one entry naming another
+/// org refuses the whole call (nothing is written).
+pub fn scope_entries<T: OrgScoped>(
+    caller: Option<Caller>,
+    entries: &mut [T],
+) -> Result<(), AuthError> {
+    for (i, entry) in entries.iter_mut().enumerate() {
+        let org_id = entry.org_id_mut();
+        scope_org(caller, org_id).map_err(|_| AuthError::OrgMismatch {
+            named: Uuid::parse_str(org_id).unwrap_or_default(),
+            token_org: caller.and_then(|c| c.org).unwrap_or_default(),
             entry: Some(i),
         })?;
     }
     Ok(())
+}
+
+/// A claim of every org needs a worker's token when authentication is on.
+pub fn may_claim_all_orgs(caller: Option<Caller>) -> Result<(), AuthError> {
+    match caller {
+        Some(Caller { worker: false, .. }) => Err(AuthError::WorkerScopeRequired),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -395,12 +443,20 @@ mod tests {
     fn an_empty_org_becomes_the_tokens_and_another_is_denied() {
         let a = Uuid::new_v4();
         let mut org = String::new();
-        scope_org(Some(a), &mut org).unwrap();
+        let caller = Some(Caller {
+            org: Some(a),
+            worker: false,
+        });
+        scope_org(caller, &mut org).unwrap();
         assert_eq!(org, a.to_string());
         let mut same = a.to_string().to_uppercase();
-        scope_org(Some(a), &mut same).unwrap();
+        scope_org(caller, &mut same).unwrap();
         let mut other = Uuid::new_v4().to_string();
-        let denied = Status::from(scope_org(Some(a), &mut other).unwrap_err());
+        let caller = Some(Caller {
+            org: Some(a),
+            worker: false,
+        });
+        let denied = Status::from(scope_org(caller, &mut other).unwrap_err());
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
         let mut untouched = String::new();
         scope_org(None, &mut untouched).unwrap();

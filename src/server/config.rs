@@ -8,6 +8,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use sqlx::postgres::PgConnectOptions;
 
+use crate::dispatch::DispatchSettings;
 use crate::feed::FeedSettings;
 use crate::ledger::Limits;
 
@@ -37,6 +38,7 @@ pub struct Config {
     /// Group commit of concurrent CreateJob / TransitionJob calls; None: off.
     pub group_commit: Option<GroupCommitConfig>,
     pub feed: FeedSettings,
+    pub dispatch: DispatchSettings,
     pub limits: Limits,
     /// Bearer-token authentication; None: off.
     pub auth: Option<AuthConfig>,
@@ -77,6 +79,9 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// The claim naming the caller's org; a dotted path reaches into objects.
     pub org_claim: String,
+    /// The scope (in the token's `scope` or `scp`) of a worker's token: it may act in
+    /// every org and claim from all of them.
+    pub worker_scope: String,
     /// Clock skew allowed on `exp` and `nbf`.
     pub leeway: Duration,
 }
@@ -91,6 +96,7 @@ impl AuthConfig {
             issuer: None,
             audience: None,
             org_claim: "org_id".to_owned(),
+            worker_scope: "jobledger.worker".to_owned(),
             leeway: Duration::from_secs(60),
         }
     }
@@ -222,6 +228,7 @@ impl Config {
             max_request_bytes: 4 * 1024 * 1024,
             group_commit: Some(GroupCommitConfig::default()),
             feed: FeedSettings::default(),
+            dispatch: DispatchSettings::default(),
             limits: Limits::default(),
             auth: None,
             tls: None,

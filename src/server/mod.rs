@@ -25,6 +25,7 @@ use tonic::{
     transport::{server::TcpIncoming, Server},
 };
 
+use crate::dispatch::{self, Dispatcher};
 use crate::feed::{self, Feed};
 use crate::proto::{self, job_ledger_server::JobLedgerServer};
 use crate::store::{self, GroupCommit, PoolSettings, Store};
@@ -131,12 +132,7 @@ impl Application {
         let stop = CancellationToken::new();
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let background = self.start_background(reporter, &stop).await;
-        let service = ledger_service(
-            &self.store,
-            background.feed.clone(),
-            &self.config,
-            &self.metrics,
-        );
+        let service = ledger_service(&self.store, &background, &self.config, &self.metrics);
         let ledger =
             JobLedgerServer::new(service).max_decoding_message_size(self.config.max_request_bytes);
         // Only the JobLedger service checks tokens: health and reflection stay open.
@@ -208,20 +204,37 @@ impl Application {
             stop.clone(),
         ));
         let listener = tokio::spawn(feed::listen(options.clone(), feed.wakeups(), stop.clone()));
+        let dispatcher = Dispatcher::new(
+            self.store.clone(),
+            feed.clone(),
+            self.config.dispatch.clone(),
+            stop.clone(),
+        );
+        let metrics = self.metrics.clone();
+        let rescuer = tokio::spawn(dispatch::rescue_loop(
+            self.store.clone(),
+            feed.clone(),
+            self.config.dispatch.rescue_interval,
+            move |outcome| {
+                metrics.record_rescue(&outcome.job.job_type);
+                metrics.record_transitions(&outcome.job.job_type, &outcome.events);
+            },
+            stop.clone(),
+        ));
         let metrics_stop = CancellationToken::new();
         let metrics_server = self.metrics_listener.take().map(|listener| {
             tokio::spawn(metrics::serve(
                 listener,
                 self.metrics.clone(),
-                self.store.clone(),
-                feed.clone(),
+                (self.store.clone(), feed.clone(), dispatcher.clone()),
                 self.config.metrics.job_count_interval,
                 metrics_stop.clone(),
             ))
         });
         Background {
             feed,
-            tasks: vec![probe, announcer, listener],
+            dispatcher,
+            tasks: vec![probe, announcer, listener, rescuer],
             metrics_server,
             stop_metrics: metrics_stop.drop_guard(),
         }
@@ -231,6 +244,7 @@ impl Application {
 /// What runs beside the gRPC server.
 struct Background {
     feed: Feed,
+    dispatcher: Dispatcher,
     /// Stopped by the server's stop token.
     tasks: Vec<JoinHandle<()>>,
     metrics_server: Option<JoinHandle<()>>,
@@ -271,14 +285,20 @@ fn incoming(
     })
 }
 
-fn ledger_service(store: &Store, feed: Feed, config: &Config, metrics: &Metrics) -> LedgerService {
+fn ledger_service(
+    store: &Store,
+    background: &Background,
+    config: &Config,
+    metrics: &Metrics,
+) -> LedgerService {
     let group_commit = config
         .group_commit
         .map(|g| GroupCommit::start(store.clone(), g.writers, g.max_batch));
     LedgerService::new(
         store.clone(),
         group_commit,
-        feed,
+        background.feed.clone(),
+        background.dispatcher.clone(),
         config.limits.clone(),
         metrics.clone(),
     )

@@ -98,6 +98,11 @@ impl From<LedgerError> for Status {
                     ("current_attempt", current.to_string()),
                 ]),
             ),
+            LedgerError::JobNotRunning { status } => (
+                Code::FailedPrecondition,
+                "JOB_NOT_RUNNING",
+                meta([("status", status.api_name().to_owned())]),
+            ),
             LedgerError::IdempotencyKeyReused { job_id } => (
                 Code::AlreadyExists,
                 "IDEMPOTENCY_KEY_REUSED",
@@ -116,6 +121,11 @@ impl From<LedgerError> for Status {
             LedgerError::TooManyStreams { limit } => (
                 Code::ResourceExhausted,
                 "TOO_MANY_STREAMS",
+                meta([("limit", limit.to_string())]),
+            ),
+            LedgerError::TooManyWaitingClaims { limit } => (
+                Code::ResourceExhausted,
+                "TOO_MANY_WAITING_CLAIMS",
                 meta([("limit", limit.to_string())]),
             ),
             LedgerError::ShuttingDown => {
@@ -180,6 +190,14 @@ impl From<AuthError> for Status {
                 token_org,
                 entry,
             } => org_mismatch(named, token_org, entry),
+            AuthError::WorkerScopeRequired => status_with(
+                Code::PermissionDenied,
+                "a claim of every org (all_orgs) needs a worker's token (the worker scope, \
+                 --auth-worker-scope)",
+                "WORKER_SCOPE_REQUIRED",
+                HashMap::new(),
+                ErrorDetails::new(),
+            ),
         }
     }
 }

@@ -201,10 +201,8 @@ async fn write_transitions(
     // A batch of one takes the batch path too: it never waits for a lock, so a busy job
     // never stalls this writer (and the calls queued behind it).
     let transitions: Vec<Transition> = batch.iter().map(|((t, _), _)| t.clone()).collect();
-    let results = match store.transition_jobs(&transitions).await {
+    let results = match store.transition_jobs_or_alone(&transitions).await {
         Ok(results) => results,
-        // As for creates: each alone, so a refused value fails only its own caller.
-        Err(LedgerError::InvalidArgument(_)) => vec![None; batch.len()],
         Err(e) => vec![Some(Err(e)); batch.len()],
     };
     for (((t, deadline), reply), result) in batch.into_iter().zip(results) {

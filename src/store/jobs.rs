@@ -8,7 +8,7 @@ use sqlx::{types::Json, FromRow};
 use uuid::Uuid;
 
 use super::Store;
-use crate::ledger::{Job, JobEvent, JobStatus, LedgerError, NewJob};
+use crate::ledger::{Job, JobEvent, JobStatus, Lease, LedgerError, NewJob, RetryPolicy};
 
 #[derive(FromRow)]
 pub(super) struct JobRow {
@@ -32,6 +32,12 @@ pub(super) struct JobRow {
     stage: Option<String>,
     progress: Option<i32>,
     result: Option<Json<Value>>,
+    run_after: Option<DateTime<Utc>>,
+    lease_expires_at: Option<DateTime<Utc>>,
+    lease_holder: Option<String>,
+    lease_ms: Option<i32>,
+    retry_initial_backoff_ms: Option<i64>,
+    retry_max_backoff_ms: Option<i64>,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -57,6 +63,20 @@ impl TryFrom<JobRow> for Job {
             stage: r.stage,
             progress: r.progress,
             result: r.result.map(|j| j.0),
+            run_after: r.run_after,
+            // A lease is its expiry and length; rows the old stack wrote have neither.
+            lease: r
+                .lease_expires_at
+                .zip(r.lease_ms)
+                .map(|(expires_at, ms)| Lease {
+                    expires_at,
+                    holder: r.lease_holder,
+                    ms,
+                }),
+            retry: RetryPolicy {
+                initial_backoff_ms: r.retry_initial_backoff_ms,
+                max_backoff_ms: r.retry_max_backoff_ms,
+            },
         })
     }
 }
@@ -207,6 +227,17 @@ impl Store {
             .bind(entries().map(|j| j.params.clone()).collect::<Vec<_>>())
             .bind(pending.iter().map(|&i| i as i32).collect::<Vec<_>>())
             .bind(first)
+            .bind(entries().map(|j| j.run_after).collect::<Vec<_>>())
+            .bind(
+                entries()
+                    .map(|j| j.retry.initial_backoff_ms)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                entries()
+                    .map(|j| j.retry.max_backoff_ms)
+                    .collect::<Vec<_>>(),
+            )
             .fetch_all(&self.pool)
             .await?)
     }

@@ -3,6 +3,7 @@
 //! WHERE clause from the filter in use, in `list.rs`); SQLSTATEs become ledger errors
 //! in `error.rs` and nowhere else.
 
+mod dispatch;
 mod error;
 mod events;
 mod group;
@@ -10,11 +11,12 @@ mod jobs;
 mod list;
 mod transitions;
 
+pub(crate) use dispatch::{Claim, ClaimRequest, ClaimScope, QueueStats};
 pub(crate) use events::notify_events;
 pub use events::FeedScope;
 pub(crate) use group::GroupCommit;
 pub(crate) use list::{JobPage, TypeStatusCount};
-pub(crate) use transitions::TransitionResult;
+pub(crate) use transitions::{TransitionOutcome, TransitionResult};
 
 use std::time::{Duration, Instant};
 
@@ -122,6 +124,18 @@ impl Store {
             .pool
             .begin_with(format!("BEGIN; SET LOCAL statement_timeout = {ms}"))
             .await?)
+    }
+
+    /// A transaction; with a deadline, its statements are cancelled by PostgreSQL when
+    /// the deadline passes.
+    pub(crate) async fn begin(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Transaction<'static, Postgres>, LedgerError> {
+        match self.deadline_transaction(deadline).await? {
+            Some(tx) => Ok(tx),
+            None => Ok(self.pool.begin().await?),
+        }
     }
 
     /// A transaction whose statements PostgreSQL cancels when the caller's deadline

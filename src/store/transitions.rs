@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{types::Json, FromRow, PgConnection, Postgres, Transaction};
+use sqlx::{types::Json, FromRow, PgConnection};
 use uuid::Uuid;
 
 use super::jobs::{EventRow, JobRow};
@@ -40,7 +40,7 @@ struct RecordedRequest {
 
 /// The current row of a job, locked, with the database's clock read after the lock.
 #[derive(FromRow)]
-struct LockedJob {
+pub(super) struct LockedJob {
     #[sqlx(flatten)]
     job: JobRow,
     now: DateTime<Utc>,
@@ -49,7 +49,7 @@ struct LockedJob {
 impl LockedJob {
     /// The job and the time its transitions are stamped with: events of a job are in
     /// time order even if the clocks of two calls disagree.
-    fn into_current(self) -> Result<(Job, DateTime<Utc>), LedgerError> {
+    pub(super) fn into_current(self) -> Result<(Job, DateTime<Utc>), LedgerError> {
         let job: Job = self.job.try_into()?;
         let now = self.now.max(job.updated_at);
         Ok((job, now))
@@ -190,16 +190,39 @@ impl Store {
         Ok(results)
     }
 
-    /// A transaction; with a deadline, its statements are cancelled by PostgreSQL when
-    /// the deadline passes.
-    async fn begin(
+    /// `transition_jobs`, or every entry to be run alone when PostgreSQL refused a value
+    /// (validation should have caught it; it failed the whole statement, so each entry
+    /// alone fails only its own call).
+    pub(crate) async fn transition_jobs_or_alone(
         &self,
-        deadline: Option<Instant>,
-    ) -> Result<Transaction<'static, Postgres>, LedgerError> {
-        match self.deadline_transaction(deadline).await? {
-            Some(tx) => Ok(tx),
-            None => Ok(self.pool.begin().await?),
+        batch: &[Transition],
+    ) -> Result<Vec<Option<TransitionResult>>, LedgerError> {
+        match self.transition_jobs(batch).await {
+            Err(LedgerError::InvalidArgument(_)) => Ok(vec![None; batch.len()]),
+            other => other,
         }
+    }
+
+    /// Many transitions, each with the outcome a call of its own would have: together in
+    /// one transaction where their jobs' locks are free, the others each alone.
+    pub(crate) async fn transition_many(
+        &self,
+        batch: &[Transition],
+    ) -> Result<Vec<TransitionResult>, LedgerError> {
+        let together = self.transition_jobs_or_alone(batch).await?;
+        let alone = futures::future::join_all(
+            batch
+                .iter()
+                .zip(&together)
+                .filter(|(_, r)| r.is_none())
+                .map(|(t, _)| self.transition_job(t, None)),
+        )
+        .await;
+        let mut alone = alone.into_iter();
+        Ok(together
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| alone.next().expect("one outcome per entry run alone")))
+            .collect())
     }
 
     /// The recorded outcome of an applied `request_id`; nothing is written.
@@ -220,6 +243,47 @@ impl Store {
             replayed: true,
         })
     }
+}
+
+/// Applies `transitions[i]` to `locked[i]` (a job this transaction holds, and the time
+/// its transitions are stamped with) and writes every allowed one in one statement. Each
+/// entry's outcome, or why the state machine refused it (nothing written for it).
+pub(super) async fn apply_locked(
+    tx: &mut PgConnection,
+    locked: &[(Job, DateTime<Utc>)],
+    transitions: &[Transition],
+) -> Result<Vec<TransitionResult>, LedgerError> {
+    let mut decided = Vec::new();
+    let mut answers = Vec::with_capacity(locked.len());
+    for ((job, now), t) in locked.iter().zip(transitions) {
+        match apply(job, t, *now) {
+            Ok(applied) => {
+                answers.push(Ok(decided.len()));
+                decided.push(Decided {
+                    t,
+                    job: applied.job,
+                    events: applied.events,
+                    now: *now,
+                });
+            }
+            Err(e) => answers.push(Err(e)),
+        }
+    }
+    let mut events = if decided.is_empty() {
+        Vec::new()
+    } else {
+        write(tx, &decided).await?
+    };
+    Ok(answers
+        .into_iter()
+        .map(|answer| {
+            answer.map(|k| TransitionOutcome {
+                job: decided[k].job.clone(),
+                events: std::mem::take(&mut events[k]),
+                replayed: false,
+            })
+        })
+        .collect())
 }
 
 /// The jobs of a batch whose locks were free, locked, each with the time its
@@ -333,6 +397,10 @@ struct JobColumns<'a> {
     stage: Vec<Option<&'a str>>,
     progress: Vec<Option<i32>>,
     result: Vec<Option<&'a Value>>,
+    run_after: Vec<Option<DateTime<Utc>>>,
+    lease_expires_at: Vec<Option<DateTime<Utc>>>,
+    lease_holder: Vec<Option<&'a str>>,
+    lease_ms: Vec<Option<i32>>,
 }
 
 /// The recorded outcomes of the calls that carried a request_id, and the events of
@@ -378,6 +446,12 @@ impl<'a> JobColumns<'a> {
             c.stage.push(j.stage.as_deref());
             c.progress.push(j.progress);
             c.result.push(j.result.as_ref());
+            c.run_after.push(j.run_after);
+            c.lease_expires_at
+                .push(j.lease.as_ref().map(|l| l.expires_at));
+            c.lease_holder
+                .push(j.lease.as_ref().and_then(|l| l.holder.as_deref()));
+            c.lease_ms.push(j.lease.as_ref().map(|l| l.ms));
         }
         c
     }
@@ -448,6 +522,10 @@ async fn write(
         .bind(&events.next)
         .bind(&events.attempt)
         .bind(&events.detail)
+        .bind(&jobs.run_after)
+        .bind(&jobs.lease_expires_at)
+        .bind(&jobs.lease_holder)
+        .bind(&jobs.lease_ms)
         .fetch_all(&mut *tx)
         .await?;
     Ok(written_events(decided, &events, rows))

@@ -143,27 +143,7 @@ pub fn allowed_steps() -> Vec<AllowedStep> {
 /// The attempt on the (first) event `apply` writes for `prev → next` from `attempt`.
 fn attempt_after(prev: JobStatus, next: JobStatus, attempt: i32) -> i32 {
     let t0 = Utc.timestamp_opt(0, 0).unwrap();
-    let job = Job {
-        id: Uuid::nil(),
-        org_id: Uuid::nil(),
-        job_type: String::new(),
-        status: prev,
-        attempt,
-        max_attempts: i32::MAX,
-        priority: 0,
-        idempotency_key: None,
-        requested_by: None,
-        params: None,
-        created_at: t0,
-        updated_at: t0,
-        started_at: None,
-        finished_at: prev.is_finished().then_some(t0),
-        last_error_code: None,
-        last_error_message: None,
-        stage: None,
-        progress: None,
-        result: None,
-    };
+    let job = Job::at_status(prev, attempt, i32::MAX, t0);
     let transition = Transition::to(Uuid::nil(), Uuid::nil(), next);
     let applied = machine::apply(&job, &transition, t0)
         .unwrap_or_else(|e| panic!("TABLE pair {prev}->{next} refused by apply: {e}"));

@@ -206,6 +206,7 @@ async fn create_round_trips_every_field() {
             requested_by: "api@billing ☃".into(),
             max_attempts: 3,
             params: Some(object(params.clone())),
+            ..Default::default()
         },
     )
     .await;
@@ -1097,6 +1098,7 @@ async fn every_bad_field_is_listed_at_once() {
             requested_by: "r".repeat(256),
             max_attempts: -1,
             params: Some(params),
+            ..Default::default()
         },
     )
     .await;

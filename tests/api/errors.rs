@@ -370,9 +370,12 @@ async fn every_error_code_carries_error_info_with_domain_and_upper_snake_reason(
         .unwrap_err();
     assert_eq!(status.code(), Code::Aborted);
     seen.push((status.code(), checked_reason(&status)));
+    // (A report into RUNNING with an attempt is the holder's progress report, refused
+    // with JOB_NOT_RUNNING while the job is QUEUED: a cancel fenced on a stale attempt.)
     let status = app
         .transition_with(proto::TransitionJobRequest {
             attempt: Some(7),
+            to_status: JobStatus::Canceled as i32,
             ..report(&job.id)
         })
         .await

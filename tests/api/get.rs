@@ -117,6 +117,7 @@ async fn get_returns_what_create_returned() {
             params: Some(object(
                 json!({"n": 5, "f": 0.5, "l": [true, null, "x"], "o": {}}),
             )),
+            ..Default::default()
         })
         .await
         .unwrap()

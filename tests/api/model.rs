@@ -286,7 +286,8 @@ impl JobModel {
 
     /// Applies `call` (if the spec lets it through) and predicts its answer. The checks
     /// run in the order docs/decisions.md gives: validation, request_id replay,
-    /// expected_status, attempt, the table, the retry budget.
+    /// expected_status, a holder's report of a job no longer RUNNING, attempt, the table,
+    /// the retry budget.
     fn apply(&mut self, call: &Call) -> Prediction {
         let mut fields = Vec::new();
         if call.attempt.is_some_and(|a| a < 0) {
@@ -319,6 +320,16 @@ impl JobModel {
         }
         if call.expected.is_some_and(|e| e != self.status) {
             return refused(Code::Aborted, "STATUS_MISMATCH");
+        }
+        // Spec §7, fencing after a lease is lost: a report into RUNNING with an attempt
+        // and no expected status comes from the holder of that attempt; from any status
+        // but RUNNING it is refused, never taken as a start or retry.
+        if call.to == S::Running
+            && call.attempt.is_some_and(|a| a >= 1)
+            && call.expected.is_none()
+            && self.status != S::Running
+        {
+            return refused(Code::FailedPrecondition, "JOB_NOT_RUNNING");
         }
         if call.attempt.is_some_and(|a| a != self.attempt) {
             return refused(Code::Aborted, "STALE_ATTEMPT");

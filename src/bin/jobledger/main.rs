@@ -7,7 +7,7 @@
 //! | `migrate` | [`migrate`] |
 //! | `dev` | [`dev`]: the server on a private PostgreSQL cluster |
 //! | `check` | [`check`]: the invariant checker |
-//! | `job`, `health` | [`client`]: the CLI client |
+//! | `job`, `queue`, `health` | [`client`]: the CLI client |
 //! | `bench` | [`client::bench`]: the load generator |
 
 mod check;
@@ -61,6 +61,8 @@ pub enum Command {
     Health(client::health::HealthArgs),
     /// Create, read and move jobs on a running server.
     Job(client::job::JobArgs),
+    /// See an org's queues (jobs by type, as dispatch sees them); pause, resume, limit.
+    Queue(client::queue::QueueArgs),
     /// Load a server over gRPC (`bench compare`: side by side with pgbench running the
     /// same SQL); see BENCHMARKS.md.
     Bench(client::bench::BenchArgs),
@@ -111,6 +113,7 @@ async fn main() -> ExitCode {
     match cli.command {
         Some(Command::Health(args)) => return client::health::run(args).await,
         Some(Command::Job(args)) => return client::job::run(args).await,
+        Some(Command::Queue(args)) => return client::queue::run(args).await,
         Some(Command::Bench(args)) => return client::bench::run(args).await,
         Some(Command::Check(args)) => return check::run(args).await,
         // Their output is a JSON report on stdout, where the logs would go: no logs.
@@ -131,7 +134,13 @@ async fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve::run(args, shutdown_signal()).await,
         Some(Command::Dev(args)) => dev::run(args, shutdown_signal()).await,
         None => serve::run(cli.serve, shutdown_signal()).await,
-        Some(Command::Health(_) | Command::Job(_) | Command::Bench(_) | Command::Check(_)) => {
+        Some(
+            Command::Health(_)
+            | Command::Job(_)
+            | Command::Queue(_)
+            | Command::Bench(_)
+            | Command::Check(_),
+        ) => {
             unreachable!("handled above")
         }
     };
@@ -218,10 +227,17 @@ mod tests {
             checked += 1;
         }
         assert_eq!(
-            checked, 7,
-            "create, get, list, count, transition, cancel, watch"
+            checked, 9,
+            "create, get, list, count, transition, cancel, watch, claim, heartbeat"
         );
-        for path in [&["job"][..], &["health"], &["dev"]] {
+        for path in [
+            &["job"][..],
+            &["health"],
+            &["dev"],
+            &["queue"],
+            &["queue", "list"],
+            &["queue", "limit"],
+        ] {
             let sub = path
                 .iter()
                 .fold(cli.clone(), |c, p| c.find_subcommand(p).unwrap().clone());

@@ -7,6 +7,7 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, str::FromStr, time::Du
 
 use clap::{ArgAction, Args};
 use jobledger::{
+    dispatch::DispatchSettings,
     feed::FeedSettings,
     ledger::Limits,
     server::{
@@ -92,6 +93,9 @@ pub struct ServeArgs {
     pub stream_poll_interval_ms: u64,
 
     #[command(flatten)]
+    pub dispatch: DispatchArgs,
+
+    #[command(flatten)]
     pub limits: LimitArgs,
 
     #[command(flatten)]
@@ -105,6 +109,36 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub metrics: MetricsArgs,
+}
+
+/// Work dispatch (docs/dispatch.md).
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Dispatch")]
+pub struct DispatchArgs {
+    /// Most ClaimJobs calls waiting for work at once in this process; more are refused
+    /// with RESOURCE_EXHAUSTED (TOO_MANY_WAITING_CLAIMS).
+    #[arg(long, env = "JOBLEDGER_MAX_WAITING_CLAIMS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_waiting_claims: u32,
+    /// How often a waiting claim looks again without an announcement (a safety net for
+    /// jobs written by another program), in ms.
+    #[arg(long, env = "JOBLEDGER_CLAIM_RECHECK_INTERVAL_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub claim_recheck_interval_ms: u64,
+    /// How often the rescuer looks for RUNNING jobs whose lease expired, in ms.
+    #[arg(long, env = "JOBLEDGER_RESCUE_INTERVAL_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub rescue_interval_ms: u64,
+}
+
+impl DispatchArgs {
+    fn settings(&self) -> DispatchSettings {
+        DispatchSettings {
+            max_waiting_claims: self.max_waiting_claims as usize,
+            recheck_interval: Duration::from_millis(self.claim_recheck_interval_ms),
+            rescue_interval: Duration::from_millis(self.rescue_interval_ms),
+        }
+    }
 }
 
 /// Field limits (spec §3). Those of columns with a fixed width cannot exceed it.
@@ -194,6 +228,14 @@ pub struct AuthArgs {
     /// (`app_metadata.org_id`).
     #[arg(long, env = "JOBLEDGER_AUTH_ORG_CLAIM", default_value = "org_id")]
     pub auth_org_claim: String,
+    /// The scope (in a token's `scope` or `scp` claim) of workers' tokens: they may act in
+    /// every org and claim from all of them (ClaimJobs all_orgs), and need no org claim.
+    #[arg(
+        long,
+        env = "JOBLEDGER_AUTH_WORKER_SCOPE",
+        default_value = "jobledger.worker"
+    )]
+    pub auth_worker_scope: String,
     /// Clock skew allowed when checking `exp` and `nbf`, in seconds.
     #[arg(long, env = "JOBLEDGER_AUTH_LEEWAY_SECS", default_value_t = 60)]
     pub auth_leeway_secs: u64,
@@ -210,6 +252,7 @@ impl AuthArgs {
             issuer: self.auth_issuer.clone(),
             audience: self.auth_audience.clone(),
             org_claim: self.auth_org_claim.clone(),
+            worker_scope: self.auth_worker_scope.clone(),
             leeway: Duration::from_secs(self.auth_leeway_secs),
         };
         (auth.has_key() || auth.issuer.is_some() || auth.audience.is_some()).then_some(auth)
@@ -386,6 +429,7 @@ impl ServeArgs {
                 poll_interval: ms(self.stream_poll_interval_ms),
                 ..FeedSettings::default()
             },
+            dispatch: self.dispatch.settings(),
             limits: self.limits.limits(),
             auth: self.auth.config(),
             tls: self.tls.config(),

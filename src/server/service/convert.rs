@@ -5,8 +5,11 @@ use prost_types::{Struct, Timestamp};
 use serde_json::{Map, Value};
 
 use crate::feed::Subscribe;
+use chrono::{DateTime, Utc};
+
 use crate::ledger::{
-    Cursor, Job, JobEvent, JobStatus, LedgerError, Limits, NewJob, Transition, Violations,
+    Cursor, Job, JobEvent, JobStatus, LedgerError, Limits, NewJob, RetryPolicy, Transition,
+    Violations,
 };
 use crate::proto::{self, json::json_to_struct};
 use crate::store::FeedScope;
@@ -53,6 +56,11 @@ pub fn new_job(req: proto::CreateJobRequest, limits: &Limits) -> Result<NewJob, 
         .params
         .as_ref()
         .map(|s| struct_to_json(&mut v, "params", s, limits));
+    let run_after = req
+        .run_after
+        .as_ref()
+        .and_then(|t| timestamp_from_proto(&mut v, "run_after", t));
+    let retry = retry_policy(&mut v, req.retry_policy.as_ref());
     v.finish()?;
     Ok(NewJob {
         org_id,
@@ -62,7 +70,83 @@ pub fn new_job(req: proto::CreateJobRequest, limits: &Limits) -> Result<NewJob, 
         requested_by,
         max_attempts,
         params,
+        run_after,
+        retry,
     })
+}
+
+/// A create's retry policy: each backoff 0 (the server's default) .. 30 days.
+fn retry_policy(v: &mut Violations, policy: Option<&proto::RetryPolicy>) -> RetryPolicy {
+    let Some(policy) = policy else {
+        return RetryPolicy::default();
+    };
+    let mut backoff = |field: &str, d: Option<&prost_types::Duration>| {
+        duration_ms(v, field, d)
+            .filter(|ms| *ms > 0)
+            .and_then(|ms| v.delay(field, ms))
+    };
+    RetryPolicy {
+        initial_backoff_ms: backoff(
+            "retry_policy.initial_backoff",
+            policy.initial_backoff.as_ref(),
+        ),
+        max_backoff_ms: backoff("retry_policy.max_backoff", policy.max_backoff.as_ref()),
+    }
+}
+
+/// A Duration a client sent, in whole milliseconds (rounded up, so 1 ns is not 0): not
+/// negative, nanos within 0..1e9. None when unset or refused.
+pub(super) fn duration_ms(
+    v: &mut Violations,
+    field: &str,
+    d: Option<&prost_types::Duration>,
+) -> Option<i64> {
+    let d = d?;
+    if d.seconds < 0 || !(0..1_000_000_000).contains(&d.nanos) {
+        v.add(
+            field,
+            format!(
+                "must be a duration of 0 or more (seconds {}, nanos {})",
+                d.seconds, d.nanos
+            ),
+        );
+        return None;
+    }
+    let ms = d
+        .seconds
+        .saturating_mul(1000)
+        .saturating_add((i64::from(d.nanos) + 999_999) / 1_000_000);
+    Some(ms)
+}
+
+/// A Timestamp a client sent: nanos within 0..1e9 and a time from year 1 to 9999
+/// (the range google.protobuf.Timestamp allows).
+pub(super) fn timestamp_from_proto(
+    v: &mut Violations,
+    field: &str,
+    t: &Timestamp,
+) -> Option<DateTime<Utc>> {
+    // 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
+    const MIN_SECONDS: i64 = -62_135_596_800;
+    const MAX_SECONDS: i64 = 253_402_300_799;
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        v.add(
+            field,
+            format!("nanos must be 0..999999999, got {}", t.nanos),
+        );
+        return None;
+    }
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&t.seconds) {
+        v.add(
+            field,
+            format!(
+                "must be from 0001-01-01 to 9999-12-31, got {} seconds",
+                t.seconds
+            ),
+        );
+        return None;
+    }
+    DateTime::from_timestamp(t.seconds, t.nanos as u32)
 }
 
 pub fn get_job(req: &proto::GetJobRequest) -> Result<(uuid::Uuid, uuid::Uuid), LedgerError> {
@@ -103,6 +187,7 @@ pub fn transition(
         limits.error_message_bytes,
     );
     let detail = client_detail(&mut v, req.detail.as_ref(), limits);
+    let (lease_ms, retry_after_ms) = lease_and_retry_after(&mut v, &req, to);
     let actor = v.text("actor", &req.actor, limits.key_chars);
     let request_id = v.text("request_id", &req.request_id, limits.key_chars);
     v.finish()?;
@@ -125,7 +210,29 @@ pub fn transition(
         detail,
         actor,
         request_id,
+        lease_ms,
+        retry_after_ms,
     })
+}
+
+/// A transition's `lease` (only into RUNNING; 1 s .. 1 h) and `retry_after` (only into
+/// FAILED; up to 30 days), in ms.
+fn lease_and_retry_after(
+    v: &mut Violations,
+    req: &proto::TransitionJobRequest,
+    to: Option<JobStatus>,
+) -> (Option<i32>, Option<i64>) {
+    let lease_ms = duration_ms(v, "lease", req.lease.as_ref()).and_then(|ms| v.lease("lease", ms));
+    v.needs_status("lease", req.lease.is_some(), to, JobStatus::Running);
+    let retry_after_ms = duration_ms(v, "retry_after", req.retry_after.as_ref())
+        .and_then(|ms| v.delay("retry_after", ms));
+    v.needs_status(
+        "retry_after",
+        req.retry_after.is_some(),
+        to,
+        JobStatus::Failed,
+    );
+    (lease_ms, retry_after_ms)
 }
 
 /// A transition's free-form detail, checked (it may not use the server's keys).
@@ -159,7 +266,7 @@ pub fn struct_to_json(v: &mut Violations, field: &str, s: &Struct, limits: &Limi
     value
 }
 
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> Timestamp {
+pub(super) fn timestamp(t: DateTime<Utc>) -> Timestamp {
     Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
@@ -187,6 +294,13 @@ pub fn job_to_proto(job: &Job) -> proto::Job {
         stage: job.stage.clone().unwrap_or_default(),
         progress: job.progress.unwrap_or_default(),
         result: job.result.as_ref().map(json_to_struct),
+        run_after: job.run_after.map(timestamp),
+        lease_expires_at: job.lease.as_ref().map(|l| timestamp(l.expires_at)),
+        lease_holder: job
+            .lease
+            .as_ref()
+            .and_then(|l| l.holder.clone())
+            .unwrap_or_default(),
     }
 }
 

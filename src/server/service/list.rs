@@ -2,11 +2,10 @@
 //! responses.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use chrono::{DateTime, Utc};
-use prost_types::Timestamp;
+use chrono::DateTime;
 use uuid::Uuid;
 
-use super::convert::{job_to_proto, status_from_proto, status_to_proto};
+use super::convert::{job_to_proto, status_from_proto, status_to_proto, timestamp_from_proto};
 use crate::ledger::{JobPosition, JobStatus, LedgerError, Limits, ListFilter, Violations};
 use crate::proto;
 use crate::server::auth::OrgScoped;
@@ -105,32 +104,6 @@ fn page_position(v: &mut Violations, token: &str, filter: &ListFilter) -> Option
         }
         Some(t) => Some(t.position()),
     }
-}
-
-/// A Timestamp a client sent: nanos within 0..1e9 and a time from year 1 to 9999
-/// (the range google.protobuf.Timestamp allows).
-fn timestamp_from_proto(v: &mut Violations, field: &str, t: &Timestamp) -> Option<DateTime<Utc>> {
-    // 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
-    const MIN_SECONDS: i64 = -62_135_596_800;
-    const MAX_SECONDS: i64 = 253_402_300_799;
-    if !(0..1_000_000_000).contains(&t.nanos) {
-        v.add(
-            field,
-            format!("nanos must be 0..999999999, got {}", t.nanos),
-        );
-        return None;
-    }
-    if !(MIN_SECONDS..=MAX_SECONDS).contains(&t.seconds) {
-        v.add(
-            field,
-            format!(
-                "must be from 0001-01-01 to 9999-12-31, got {} seconds",
-                t.seconds
-            ),
-        );
-        return None;
-    }
-    DateTime::from_timestamp(t.seconds, t.nanos as u32)
 }
 
 pub(crate) fn list_response(page: JobPage, filter: &ListFilter) -> proto::ListJobsResponse {

@@ -4,6 +4,7 @@
 
 pub mod convert;
 mod deadline;
+mod dispatch;
 pub mod list;
 
 use std::pin::Pin;
@@ -12,10 +13,11 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{auth, metrics::Metrics, status};
+use crate::dispatch::Dispatcher;
 use crate::feed::Feed;
 use crate::ledger::{LedgerError, Limits, NewJob, MAX_JOBS_PER_BATCH};
 use crate::proto::{self, job_ledger_server::JobLedger};
-use crate::store::{GroupCommit, Store};
+use crate::store::{GroupCommit, Store, TransitionOutcome};
 
 /// The `jobledger.v1.JobLedger` service.
 #[derive(Clone)]
@@ -24,6 +26,7 @@ pub(crate) struct LedgerService {
     /// CreateJob's and TransitionJob's path when group commit is on.
     group_commit: Option<GroupCommit>,
     feed: Feed,
+    dispatcher: Dispatcher,
     limits: Limits,
     /// Counts the transitions written (the ones `/metrics` serves).
     metrics: Metrics,
@@ -34,6 +37,7 @@ impl LedgerService {
         store: Store,
         group_commit: Option<GroupCommit>,
         feed: Feed,
+        dispatcher: Dispatcher,
         limits: Limits,
         metrics: Metrics,
     ) -> Self {
@@ -41,9 +45,27 @@ impl LedgerService {
             store,
             group_commit,
             feed,
+            dispatcher,
             limits,
             metrics,
         }
+    }
+
+    /// After a transition committed: announce and count it. A request_id replay wrote
+    /// nothing: nothing to announce or count.
+    fn written(&self, outcome: &TransitionOutcome) {
+        if !outcome.replayed {
+            self.feed.announce_events(&outcome.job, &outcome.events);
+            self.metrics
+                .record_transitions(&outcome.job.job_type, &outcome.events);
+        }
+    }
+}
+
+fn transition_response(outcome: &TransitionOutcome) -> proto::TransitionJobResponse {
+    proto::TransitionJobResponse {
+        job: Some(convert::job_to_proto(&outcome.job)),
+        events: outcome.events.iter().map(convert::event_to_proto).collect(),
     }
 }
 
@@ -62,7 +84,7 @@ impl JobLedger for LedgerService {
             None => self.store.create_job(&new).await?,
         };
         if created {
-            self.feed.announce(job.org_id, job.id);
+            self.feed.announce_created(&job);
         }
         Ok(Response::new(proto::CreateJobResponse {
             job: Some(convert::job_to_proto(&job)),
@@ -93,23 +115,16 @@ impl JobLedger for LedgerService {
             Some(group) => group.transition_job(transition, deadline).await?,
             None => self.store.transition_job(&transition, deadline).await?,
         };
-        // A request_id replay wrote nothing: nothing to announce or count.
-        if !outcome.replayed {
-            self.feed.announce(outcome.job.org_id, outcome.job.id);
-            self.metrics
-                .record_transitions(&outcome.job.job_type, &outcome.events);
-        }
-        Ok(Response::new(proto::TransitionJobResponse {
-            job: Some(convert::job_to_proto(&outcome.job)),
-            events: outcome.events.iter().map(convert::event_to_proto).collect(),
-        }))
+        self.written(&outcome);
+        Ok(Response::new(transition_response(&outcome)))
     }
 
     async fn create_jobs(
         &self,
         mut request: Request<proto::CreateJobsRequest>,
     ) -> Result<Response<proto::CreateJobsResponse>, Status> {
-        auth::scope_batch(&mut request)?;
+        let caller = auth::caller(&request);
+        auth::scope_entries(caller, &mut request.get_mut().jobs)?;
         let entries = request.into_inner().jobs;
         if entries.len() > MAX_JOBS_PER_BATCH {
             return Err(LedgerError::invalid(
@@ -137,7 +152,7 @@ impl JobLedger for LedgerService {
                 |c| match c.and_then(|_| created.next().expect("one outcome per valid entry")) {
                     Ok((job, created)) => {
                         if created {
-                            self.feed.announce(job.org_id, job.id);
+                            self.feed.announce_created(&job);
                         }
                         proto::CreateJobsResult {
                             job: Some(convert::job_to_proto(&job)),
@@ -182,6 +197,41 @@ impl JobLedger for LedgerService {
             .count_jobs(org_id, job_type.as_deref(), deadline)
             .await?;
         Ok(Response::new(list::count_response(counts)))
+    }
+
+    async fn claim_jobs(
+        &self,
+        request: Request<proto::ClaimJobsRequest>,
+    ) -> Result<Response<proto::ClaimJobsResponse>, Status> {
+        self.claim(request).await.map(Response::new)
+    }
+
+    async fn heartbeat_job(
+        &self,
+        request: Request<proto::HeartbeatJobRequest>,
+    ) -> Result<Response<proto::HeartbeatJobResponse>, Status> {
+        self.heartbeat(request).await.map(Response::new)
+    }
+
+    async fn transition_jobs(
+        &self,
+        request: Request<proto::TransitionJobsRequest>,
+    ) -> Result<Response<proto::TransitionJobsResponse>, Status> {
+        self.transition_batch(request).await.map(Response::new)
+    }
+
+    async fn update_queue(
+        &self,
+        request: Request<proto::UpdateQueueRequest>,
+    ) -> Result<Response<proto::UpdateQueueResponse>, Status> {
+        self.set_queue(request).await.map(Response::new)
+    }
+
+    async fn list_queues(
+        &self,
+        request: Request<proto::ListQueuesRequest>,
+    ) -> Result<Response<proto::ListQueuesResponse>, Status> {
+        self.queues(request).await.map(Response::new)
     }
 
     type StreamEventsStream = EventStream;

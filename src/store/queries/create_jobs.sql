@@ -6,13 +6,17 @@
 -- overlapping keys wait for each other in one order and never deadlock.
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[],
-                         $6::text[], $7::int4[], $8::jsonb[], $9::int4[], $10::bool[])
+                         $6::text[], $7::int4[], $8::jsonb[], $9::int4[], $10::bool[],
+                         $11::timestamptz[], $12::int8[], $13::int8[])
         AS i(id, org_id, type, priority, idempotency_key, requested_by,
-             max_attempts, params, n, first)
+             max_attempts, params, n, first, run_after, retry_initial_backoff_ms,
+             retry_max_backoff_ms)
 ), new_job AS (
     INSERT INTO job (id, org_id, type, priority, idempotency_key, requested_by,
-                     max_attempts, params)
-    SELECT id, org_id, type, priority, idempotency_key, requested_by, max_attempts, params
+                     max_attempts, params, run_after, retry_initial_backoff_ms,
+                     retry_max_backoff_ms)
+    SELECT id, org_id, type, priority, idempotency_key, requested_by, max_attempts, params,
+           run_after, retry_initial_backoff_ms, retry_max_backoff_ms
     FROM input WHERE first
     ORDER BY org_id, idempotency_key
     ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL
@@ -29,13 +33,15 @@ WITH input AS (
 SELECT nj.id, nj.org_id, nj.type, nj.status, nj.attempt, nj.max_attempts, nj.priority,
        nj.idempotency_key, nj.requested_by, nj.params, nj.created_at, nj.updated_at,
        nj.started_at, nj.finished_at, nj.last_error_code, nj.last_error_message, nj.stage,
-       nj.progress, nj.result,
+       nj.progress, nj.result, nj.run_after, nj.lease_expires_at, nj.lease_holder, nj.lease_ms,
+       nj.retry_initial_backoff_ms, nj.retry_max_backoff_ms,
        i.n, true AS created, true AS same_input
 FROM new_job nj JOIN input i ON i.id = nj.id
 UNION ALL
 SELECT j.id, j.org_id, j.type, j.status, j.attempt, j.max_attempts, j.priority,
        j.idempotency_key, j.requested_by, j.params, j.created_at, j.updated_at,
        j.started_at, j.finished_at, j.last_error_code, j.last_error_message, j.stage,
-       j.progress, j.result,
+       j.progress, j.result, j.run_after, j.lease_expires_at, j.lease_holder, j.lease_ms,
+       j.retry_initial_backoff_ms, j.retry_max_backoff_ms,
        i.n, false, (j.type = i.type AND j.params IS NOT DISTINCT FROM i.params)
 FROM input i JOIN job j ON j.org_id = i.org_id AND j.idempotency_key = i.idempotency_key

@@ -10,6 +10,8 @@ mod connect;
 mod failure;
 pub mod health;
 pub mod job;
+pub mod queue;
+mod session;
 
 use std::{ffi::OsString, io::Write};
 
@@ -42,7 +44,7 @@ pub fn exit_on_parse_error(error: clap::Error) -> ! {
     error.exit()
 }
 
-/// Whether the first subcommand of a command line is `job` or `health`.
+/// Whether the first subcommand of a command line is `job`, `queue` or `health`.
 fn is_client_command(args: impl IntoIterator<Item = OsString>) -> bool {
     let mut args = args.into_iter().skip(1);
     while let Some(arg) = args.next() {
@@ -50,7 +52,7 @@ fn is_client_command(args: impl IntoIterator<Item = OsString>) -> bool {
         if arg == "--log-format" {
             args.next();
         } else if !arg.starts_with('-') {
-            return arg == "job" || arg == "health";
+            return arg == "job" || arg == "health" || arg == "queue";
         }
     }
     false
@@ -91,9 +93,54 @@ pub(crate) fn clean(text: impl AsRef<str>) -> String {
         })
         .collect()
 }
+/// Columns padded to their widest cell, two spaces apart; no trailing spaces.
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let cells: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
+        .chain(rows.iter().map(|r| r.iter().map(clean).collect()))
+        .collect();
+    let mut widths = vec![0; header.len()];
+    for row in &cells {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let lines: Vec<String> = cells
+        .iter()
+        .map(|row| {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                line.push_str(cell);
+                if i + 1 < row.len() {
+                    line.push_str(&" ".repeat(widths[i] - cell.chars().count()));
+                }
+            }
+            line.trim_end().to_owned()
+        })
+        .collect();
+    lines.join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_align_columns_and_escape_control_characters() {
+        let text = table(
+            &["A", "LONGER"],
+            &[
+                vec!["wide cell".into(), "x".into()],
+                vec!["b".into(), "line\nbreak\u{1b}[31m".into()],
+            ],
+        );
+        assert_eq!(
+            text,
+            "A          LONGER\nwide cell  x\nb          line\\nbreak\\u{1b}[31m"
+        );
+    }
 
     fn args(list: &[&str]) -> Vec<OsString> {
         list.iter().map(OsString::from).collect()

@@ -3,22 +3,20 @@
 
 mod render;
 mod watch;
+mod work;
 
-use std::{io::Write, process::ExitCode, time::Duration};
+use std::{io::Write, process::ExitCode};
 
 use clap::{Args, Subcommand, ValueEnum};
-use jobledger::{
-    proto::{self, job_ledger_client::JobLedgerClient, json::json_to_struct},
-    server::config::Secret,
-};
+use jobledger::proto::{self, json::json_to_struct};
 use serde_json::{json, Map, Value};
-use tonic::{service::interceptor::InterceptedService, transport::Channel, Request};
 
 use render::{counts_json, counts_table, event_json, events_table, job_json, job_view, jobs_table};
 
 use super::{
-    connect::{bearer, Bearer},
-    print, print_json, Failure, Output, ServerArgs,
+    print, print_json,
+    session::{ClientArgs, Session},
+    Failure, Output,
 };
 
 #[derive(Args, Debug)]
@@ -34,33 +32,7 @@ use super::{
 )]
 pub struct JobArgs {
     #[command(flatten)]
-    pub server: ServerArgs,
-    /// The org (UUID). Empty: the default org, or the token's org when the server has
-    /// authentication on.
-    #[arg(
-        id = "client_org",
-        long = "org",
-        value_name = "UUID",
-        env = "JOBLEDGER_ORG",
-        default_value = "",
-        global = true
-    )]
-    pub org: String,
-    /// Bearer token (JWT) for a server with authentication on, sent as `authorization:
-    /// Bearer <token>`. Prefer the variable: flags show in the process list.
-    #[arg(
-        id = "client_token",
-        long = "token",
-        value_name = "JWT",
-        env = "JOBLEDGER_TOKEN",
-        hide_env_values = true,
-        global = true
-    )]
-    pub token: Option<Secret>,
-    /// `table` for people, `json` for scripts (the RPC's response; errors as JSON on stderr).
-    #[arg(id = "client_output", long = "output", short = 'o', value_enum, value_name = "FORMAT",
-          env = "JOBLEDGER_OUTPUT", default_value_t = Output::Table, global = true)]
-    pub output: Output,
+    pub client: ClientArgs,
     #[command(subcommand)]
     pub command: JobCommand,
 }
@@ -127,6 +99,52 @@ pub enum JobCommand {
         jobledger job watch <id> --after-cursor c1.2f4.1a"
     )]
     Watch(WatchArgs),
+    /// Claim jobs as a worker would: each is started (attempt + 1) under a lease held by
+    /// --worker. Waits up to --wait-ms for one when none is claimable.
+    #[command(after_long_help = "Examples:\n  \
+        jobledger job claim --type report --worker laptop-1\n  \
+        jobledger job claim --type report --type export --worker w1 --max-jobs 10 --wait-ms 20000\n  \
+        jobledger job claim --type report --worker w1 --all-orgs --output json")]
+    Claim(ClaimArgs),
+    /// Extend the lease of a RUNNING job you hold (no event is written).
+    #[command(after_long_help = "Examples:\n  \
+        jobledger job heartbeat <id> --attempt 1\n  \
+        jobledger job heartbeat <id> --attempt 1 --lease-ms 60000")]
+    Heartbeat(HeartbeatArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ClaimArgs {
+    /// A job type to claim (repeat for several, up to 32).
+    #[arg(long = "type", value_name = "TYPE", required = true)]
+    pub types: Vec<String>,
+    /// Who claims: the actor of the start events and the lease holder.
+    #[arg(long)]
+    pub worker: String,
+    /// Most jobs to claim (1..100).
+    #[arg(long, default_value_t = 1)]
+    pub max_jobs: i32,
+    /// The lease, in ms (1 s .. 1 h); 0 = the server's default (30 s).
+    #[arg(long, default_value_t = 0)]
+    pub lease_ms: u64,
+    /// How long to wait for a claimable job, in ms (at most 60 s); 0 = answer at once.
+    #[arg(long, default_value_t = 0)]
+    pub wait_ms: u64,
+    /// Claim from every org, round-robin (with authentication on: a worker's token).
+    #[arg(long)]
+    pub all_orgs: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct HeartbeatArgs {
+    /// The job's id (UUID).
+    pub job_id: String,
+    /// The attempt you hold (the claimed job's `attempt`).
+    #[arg(long)]
+    pub attempt: i32,
+    /// The new lease, in ms; 0 = the length of the current one.
+    #[arg(long, default_value_t = 0)]
+    pub lease_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -150,6 +168,16 @@ pub struct CreateArgs {
     /// How many times the job may enter RUNNING; 0 = the server's default (5).
     #[arg(long, default_value_t = 0)]
     pub max_attempts: i32,
+    /// Not claimable before this time (RFC 3339, or a date: midnight UTC).
+    #[arg(long, value_name = "TIME", value_parser = timestamp)]
+    pub run_after: Option<prost_types::Timestamp>,
+    /// The first retry's backoff in ms (doubling up to --max-backoff-ms); 0 = the
+    /// server's default (1 s).
+    #[arg(long, default_value_t = 0)]
+    pub initial_backoff_ms: u64,
+    /// The longest backoff between retries in ms; 0 = the server's default (1 h).
+    #[arg(long, default_value_t = 0)]
+    pub max_backoff_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -218,6 +246,12 @@ pub struct TransitionArgs {
     /// Idempotency key of this transition: a repeat returns the recorded outcome.
     #[arg(long, default_value = "")]
     pub request_id: String,
+    /// With --to running: hold the job under a lease of this many ms (held by --actor).
+    #[arg(long)]
+    pub lease_ms: Option<u64>,
+    /// With --to failed: claimable again after this many ms (instead of the backoff).
+    #[arg(long)]
+    pub retry_after_ms: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -300,11 +334,9 @@ fn timestamp(text: &str) -> Result<prost_types::Timestamp, String> {
     })
 }
 
-type Client = JobLedgerClient<InterceptedService<Channel, Bearer>>;
-
 /// Runs a `job` subcommand: its output on stdout, a failure on stderr.
 pub async fn run(args: JobArgs) -> ExitCode {
-    let output = args.output;
+    let output = args.client.output;
     match run_job(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => failure.report(output),
@@ -312,15 +344,8 @@ pub async fn run(args: JobArgs) -> ExitCode {
 }
 
 async fn run_job(args: JobArgs) -> Result<(), Failure> {
-    let auth = bearer(args.token.as_ref())?;
     let is_watch = matches!(args.command, JobCommand::Watch(_));
-    let channel = args.server.channel(!is_watch).await?;
-    let mut call = Call {
-        client: JobLedgerClient::with_interceptor(channel, auth),
-        org: args.org,
-        output: args.output,
-        timeout: args.server.timeout(),
-    };
+    let mut call = Session::connect(args.client, !is_watch).await?;
     match args.command {
         JobCommand::Create(a) => call.create(a).await,
         JobCommand::Get { job_id } => call.get(job_id).await,
@@ -329,25 +354,12 @@ async fn run_job(args: JobArgs) -> Result<(), Failure> {
         JobCommand::Transition(a) => call.transition(a.request(call.org.clone())).await,
         JobCommand::Cancel(a) => call.transition(a.request(call.org.clone())).await,
         JobCommand::Watch(a) => call.watch(a.job_id, a.after_cursor).await,
+        JobCommand::Claim(a) => call.claim(a).await,
+        JobCommand::Heartbeat(a) => call.heartbeat(a).await,
     }
 }
 
-/// A connected client and what every call of the command shares.
-struct Call {
-    client: Client,
-    org: String,
-    output: Output,
-    timeout: Duration,
-}
-
-impl Call {
-    /// A unary request carrying the deadline (`grpc-timeout`), so the server stops too.
-    fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        request.set_timeout(self.timeout);
-        request
-    }
-
+impl Session {
     async fn create(&mut self, a: CreateArgs) -> Result<(), Failure> {
         let request = self.request(proto::CreateJobRequest {
             org_id: self.org.clone(),
@@ -357,6 +369,13 @@ impl Call {
             requested_by: a.requested_by,
             max_attempts: a.max_attempts,
             params: a.params.map(|p| json_to_struct(&Value::Object(p))),
+            run_after: a.run_after,
+            retry_policy: (a.initial_backoff_ms > 0 || a.max_backoff_ms > 0).then(|| {
+                proto::RetryPolicy {
+                    initial_backoff: Some(millis(a.initial_backoff_ms)),
+                    max_backoff: Some(millis(a.max_backoff_ms)),
+                }
+            }),
         });
         let response = self.client.create_job(request).await?.into_inner();
         let job = response.job.unwrap_or_default();
@@ -493,7 +512,17 @@ impl TransitionArgs {
             detail: self.detail.map(|d| json_to_struct(&Value::Object(d))),
             actor: self.actor,
             request_id: self.request_id,
+            lease: self.lease_ms.map(millis),
+            retry_after: self.retry_after_ms.map(millis),
         }
+    }
+}
+
+/// A duration flag given in ms, as the wire has it.
+pub(crate) fn millis(ms: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
     }
 }
 

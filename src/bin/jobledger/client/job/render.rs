@@ -3,7 +3,7 @@
 use jobledger::proto::{self, json::struct_to_json};
 use serde_json::{json, Value};
 
-use crate::client::clean;
+use crate::client::{clean, table};
 
 // ---------------------------------------------------------------------------------
 // JSON: the proto's field names; every field present (null when unset).
@@ -42,7 +42,8 @@ pub(super) fn job_json(j: &proto::Job) -> Value {
         "updated_at": time_json(&j.updated_at), "started_at": time_json(&j.started_at),
         "finished_at": time_json(&j.finished_at), "last_error_code": j.last_error_code,
         "last_error_message": j.last_error_message, "stage": j.stage, "progress": j.progress,
-        "result": struct_json(&j.result),
+        "result": struct_json(&j.result), "run_after": time_json(&j.run_after),
+        "lease_expires_at": time_json(&j.lease_expires_at), "lease_holder": j.lease_holder,
     })
 }
 
@@ -68,36 +69,6 @@ pub(super) fn counts_json(c: &proto::CountJobsResponse) -> Value {
 
 // ---------------------------------------------------------------------------------
 // Tables
-
-/// Columns padded to their widest cell, two spaces apart; no trailing spaces.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let cells: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
-        .chain(rows.iter().map(|r| r.iter().map(clean).collect()))
-        .collect();
-    let mut widths = vec![0; header.len()];
-    for row in &cells {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
-        }
-    }
-    let lines: Vec<String> = cells
-        .iter()
-        .map(|row| {
-            let mut line = String::new();
-            for (i, cell) in row.iter().enumerate() {
-                if i > 0 {
-                    line.push_str("  ");
-                }
-                line.push_str(cell);
-                if i + 1 < row.len() {
-                    line.push_str(&" ".repeat(widths[i] - cell.chars().count()));
-                }
-            }
-            line.trim_end().to_owned()
-        })
-        .collect();
-    lines.join("\n")
-}
 
 fn or_dash(text: &str) -> String {
     if text.is_empty() {
@@ -140,6 +111,9 @@ pub(super) fn job_view(j: &proto::Job) -> String {
         ("stage", or_dash(&j.stage)),
         ("progress", format!("{}%", j.progress)),
         ("result", compact(&struct_json(&j.result))),
+        ("run_after", full_time(&j.run_after)),
+        ("lease_expires_at", full_time(&j.lease_expires_at)),
+        ("lease_holder", or_dash(&j.lease_holder)),
     ];
     let rows: Vec<Vec<String>> = rows
         .into_iter()
@@ -289,21 +263,6 @@ mod tests {
     use jobledger::proto::json::json_to_struct;
 
     use super::*;
-
-    #[test]
-    fn tables_align_columns_and_escape_control_characters() {
-        let text = table(
-            &["A", "LONGER"],
-            &[
-                vec!["wide cell".into(), "x".into()],
-                vec!["b".into(), "line\nbreak\u{1b}[31m".into()],
-            ],
-        );
-        assert_eq!(
-            text,
-            "A          LONGER\nwide cell  x\nb          line\\nbreak\\u{1b}[31m"
-        );
-    }
 
     #[test]
     fn event_detail_puts_reported_fields_first() {

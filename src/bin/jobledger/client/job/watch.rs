@@ -6,10 +6,10 @@ use jobledger::proto;
 use serde_json::Value;
 
 use super::render::{event_json, event_line, status_name, struct_json};
-use super::Call;
+use crate::client::session::Session;
 use crate::client::{clean, print, Failure, Output};
 
-impl Call {
+impl Session {
     /// StreamEvents for one job until the server ends the stream (the job reached
     /// SUCCEEDED, CANCELED or DEAD_LETTER).
     pub(super) async fn watch(
@@ -45,7 +45,7 @@ impl Call {
     }
 }
 
-impl Call {
+impl Session {
     /// Prints each event as it comes until the server ends the stream; the last one.
     async fn follow(
         &self,

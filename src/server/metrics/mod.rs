@@ -26,6 +26,11 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod dispatch;
+
+use dispatch::{DispatchMetrics, OutcomeLabels, QueueStateLabels, TypeLabels};
+
+use crate::dispatch::Dispatcher;
 use crate::feed::Feed;
 use crate::ledger::{JobEvent, JobStatus};
 use crate::server::config::{MetricsAddr, DEFAULT_METRICS_ADDR};
@@ -123,6 +128,7 @@ struct Inner {
     pool_max: Gauge,
     probe_up: Gauge,
     probe_duration: Gauge<f64, AtomicU64>,
+    dispatch: DispatchMetrics,
 }
 
 impl Default for Metrics {
@@ -208,6 +214,7 @@ impl Metrics {
             Unit::Seconds,
             probe_duration.clone(),
         );
+        let dispatch = DispatchMetrics::register(&mut registry);
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -224,6 +231,7 @@ impl Metrics {
                 pool_max,
                 probe_up,
                 probe_duration,
+                dispatch,
             }),
         }
     }
@@ -242,6 +250,50 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Counts a ClaimJobs call and the jobs it handed out.
+    pub(crate) fn record_claim<'a>(&self, jobs: impl Iterator<Item = &'a crate::ledger::Job>) {
+        let d = &self.inner.dispatch;
+        let mut claimed = false;
+        for job in jobs {
+            claimed = true;
+            d.claimed_jobs
+                .get_or_create(&TypeLabels {
+                    r#type: self.job_type_label(&job.job_type),
+                })
+                .inc();
+        }
+        let outcome = if claimed { "claimed" } else { "empty" };
+        d.claims.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Counts a rescue of a job whose lease expired.
+    pub(crate) fn record_rescue(&self, job_type: &str) {
+        self.inner
+            .dispatch
+            .rescues
+            .get_or_create(&TypeLabels {
+                r#type: self.job_type_label(job_type),
+            })
+            .inc();
+    }
+
+    /// Counts a HeartbeatJob call by its outcome.
+    pub(crate) fn record_heartbeat<T>(&self, result: &Result<T, crate::ledger::LedgerError>) {
+        use crate::ledger::LedgerError;
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(LedgerError::StaleAttempt { .. }) => "stale_attempt",
+            Err(LedgerError::JobNotRunning { .. }) => "job_not_running",
+            Err(LedgerError::NotFound { .. }) => "not_found",
+            Err(_) => "error",
+        };
+        self.inner
+            .dispatch
+            .heartbeats
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// Records one database health probe.
@@ -302,6 +354,7 @@ struct Scrape {
     metrics: Metrics,
     store: Store,
     feed: Feed,
+    dispatcher: Dispatcher,
     job_count_interval: Duration,
     /// When the job count was last attempted (successful or not): at most one per interval.
     job_count_attempted: tokio::sync::Mutex<Option<Instant>>,
@@ -311,8 +364,7 @@ struct Scrape {
 pub(super) async fn serve(
     listener: TcpListener,
     metrics: Metrics,
-    store: Store,
-    feed: Feed,
+    (store, feed, dispatcher): (Store, Feed, Dispatcher),
     job_count_interval: Duration,
     stop: CancellationToken,
 ) {
@@ -323,6 +375,7 @@ pub(super) async fn serve(
         metrics,
         store,
         feed,
+        dispatcher,
         job_count_interval,
         job_count_attempted: tokio::sync::Mutex::new(None),
     });
@@ -361,7 +414,54 @@ impl Scrape {
                 .set(gauge_value(n));
         }
         inner.pool_max.set(i64::from(pool.max));
+        inner
+            .dispatch
+            .waiting_claims
+            .set(gauge_value(self.dispatcher.waiting_claims()));
         self.refresh_job_counts().await;
+    }
+
+    /// Every type's ready, scheduled and running jobs over all orgs (with the job counts:
+    /// at most once per interval).
+    async fn refresh_queue_gauges(&self) {
+        let totals = tokio::time::timeout(
+            JOB_COUNT_TIMEOUT + Duration::from_millis(100),
+            self.store.queue_totals(JOB_COUNT_TIMEOUT),
+        )
+        .await;
+        let totals = match totals {
+            Ok(Ok(totals)) => totals,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "metrics: counting queued jobs by type failed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?JOB_COUNT_TIMEOUT, "metrics: counting queued jobs by type timed out");
+                return;
+            }
+        };
+        let d = &self.metrics.inner.dispatch;
+        // Types that had jobs and have none now show 0, not their last numbers.
+        d.queue_jobs.clear();
+        d.oldest_ready_age.clear();
+        for (job_type, ready, scheduled, running, oldest) in totals {
+            let t = self.metrics.job_type_label(&job_type);
+            for (state, n) in [
+                ("ready", ready),
+                ("scheduled", scheduled),
+                ("running", running),
+            ] {
+                d.queue_jobs
+                    .get_or_create(&QueueStateLabels {
+                        r#type: t.clone(),
+                        state,
+                    })
+                    .inc_by(n);
+            }
+            d.oldest_ready_age
+                .get_or_create(&TypeLabels { r#type: t })
+                .set(oldest.unwrap_or(0.0));
+        }
     }
 
     /// Counts all jobs by status, unless that was tried less than an interval ago. The
@@ -375,11 +475,14 @@ impl Scrape {
             return;
         }
         *attempted = Some(Instant::now());
-        let counted = tokio::time::timeout(
-            JOB_COUNT_TIMEOUT + Duration::from_millis(100),
-            self.store.count_all_jobs_by_status(JOB_COUNT_TIMEOUT),
-        )
-        .await;
+        // Both at once: a scrape waits for one timeout at most.
+        let (_, counted) = tokio::join!(
+            self.refresh_queue_gauges(),
+            tokio::time::timeout(
+                JOB_COUNT_TIMEOUT + Duration::from_millis(100),
+                self.store.count_all_jobs_by_status(JOB_COUNT_TIMEOUT),
+            )
+        );
         let counts = match counted {
             Ok(Ok(counts)) => counts,
             Ok(Err(e)) => {
