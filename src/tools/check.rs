@@ -28,7 +28,15 @@ pub mod names {
     pub const LEGAL_EVENT_CHAIN: &str = "legal_event_chain";
     pub const ATTEMPTS_AGREE_WITH_EVENTS: &str = "attempts_agree_with_events";
     pub const UNIQUE_IDEMPOTENCY_KEY: &str = "unique_idempotency_key";
+    pub const LEASE_ONLY_WHILE_RUNNING: &str = "lease_only_while_running";
+    pub const EXPIRED_LEASES_RESCUED: &str = "expired_leases_rescued";
+    pub const RUN_AFTER_ONLY_WHILE_WAITING: &str = "run_after_only_while_waiting";
 }
+
+/// How long after its lease expired a RUNNING job may still be RUNNING before the
+/// checker calls it a violation: the rescuer moves it within ~2 s (docs/dispatch.md);
+/// the margin covers a replica restarting.
+pub const DEFAULT_RESCUE_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The outcome of one invariant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -171,7 +179,7 @@ const ORDERED_EVENTS: &str = "
 /// One query per invariant, each selecting the ids of the jobs that violate it.
 /// Parameters: $1..$4 the allowed steps, $5 the creation status, $6 the final statuses.
 // Why long: one SQL statement per invariant, listed together.
-fn invariants() -> [(&'static str, &'static str, String); 6] {
+fn invariants() -> [(&'static str, &'static str, String); 9] {
     [
         (
             names::EVERY_JOB_HAS_AN_EVENT,
@@ -245,11 +253,44 @@ fn invariants() -> [(&'static str, &'static str, String); 6] {
                ON dup.org_id = j.org_id AND dup.idempotency_key = j.idempotency_key"
                 .into(),
         ),
+        (
+            names::LEASE_ONLY_WHILE_RUNNING,
+            "lease_expires_at and lease_holder are set only on running jobs",
+            "SELECT j.id FROM job j
+             WHERE j.status <> 'running'
+               AND (j.lease_expires_at IS NOT NULL OR j.lease_holder IS NOT NULL)"
+                .into(),
+        ),
+        (
+            names::EXPIRED_LEASES_RESCUED,
+            "no running job's lease expired longer ago than the rescue window",
+            "SELECT j.id FROM job j
+             WHERE j.status = 'running'
+               AND j.lease_expires_at < now() - make_interval(secs => $7 / 1000.0)"
+                .into(),
+        ),
+        (
+            names::RUN_AFTER_ONLY_WHILE_WAITING,
+            "run_after is set only on queued and failed jobs",
+            "SELECT j.id FROM job j
+             WHERE j.run_after IS NOT NULL AND j.status NOT IN ('queued', 'failed')"
+                .into(),
+        ),
     ]
 }
 
-/// Runs every invariant over the whole database, in one read-only snapshot.
+/// Runs every invariant over the whole database, in one read-only snapshot, with the
+/// default rescue window.
 pub async fn check(pool: &PgPool) -> Result<CheckReport, sqlx::Error> {
+    check_with(pool, DEFAULT_RESCUE_WINDOW).await
+}
+
+/// Runs every invariant over the whole database, in one read-only snapshot: a RUNNING
+/// job whose lease expired more than `rescue_window` ago is a violation.
+pub async fn check_with(
+    pool: &PgPool,
+    rescue_window: std::time::Duration,
+) -> Result<CheckReport, sqlx::Error> {
     let steps = allowed_steps();
     let prev: Vec<&str> = steps.iter().map(|s| s.prev.as_db_str()).collect();
     let next: Vec<&str> = steps.iter().map(|s| s.next.as_db_str()).collect();
@@ -283,6 +324,7 @@ pub async fn check(pool: &PgPool) -> Result<CheckReport, sqlx::Error> {
         .bind(&add)
         .bind(CREATED_STATUS.as_db_str())
         .bind(&finished)
+        .bind(rescue_window.as_millis() as f64)
         .fetch_one(&mut *tx)
         .await?;
         results.push(InvariantResult {

@@ -23,7 +23,7 @@ async fn report(app: &TestApp) -> CheckReport {
 async fn assert_all_hold(app: &TestApp) -> CheckReport {
     let r = report(app).await;
     assert!(r.ok, "invariants violated:\n{}", r.to_text());
-    assert_eq!(r.invariants.len(), 6);
+    assert_eq!(r.invariants.len(), 9);
     r
 }
 
@@ -374,6 +374,59 @@ async fn finished_at_on_a_queued_job_or_missing_on_a_final_one_is_named() {
 }
 
 #[tokio::test]
+async fn leases_and_run_after_out_of_place_and_an_expired_lease_left_running_are_named() {
+    // No rescuer (it would fix the expired lease before the checker sees it).
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.dispatch.rescue_interval = std::time::Duration::from_secs(3600)
+    })
+    .await;
+    let queued = new_job(&app, "", 0).await;
+    let done = new_job(&app, "", 0).await;
+    walk(&app, "", &done, &[S::Running, S::Succeeded]).await;
+    let running = new_job(&app, "", 0).await;
+    walk(&app, "", &running, &[S::Running]).await;
+    assert_all_hold(&app).await;
+
+    exec(
+        &app,
+        "UPDATE job SET lease_expires_at = now() + interval '1 minute', lease_ms = 60000,
+                        lease_holder = 'w' WHERE id = $1::uuid",
+        &queued,
+    )
+    .await;
+    assert_violated(&app, names::LEASE_ONLY_WHILE_RUNNING, &[&queued]).await;
+    exec(
+        &app,
+        "UPDATE job SET lease_expires_at = NULL, lease_ms = NULL, lease_holder = NULL
+         WHERE id = $1::uuid",
+        &queued,
+    )
+    .await;
+    exec(&app, "UPDATE job SET run_after = now() WHERE id = $1::uuid", &done).await;
+    assert_violated(&app, names::RUN_AFTER_ONLY_WHILE_WAITING, &[&done]).await;
+    exec(&app, "UPDATE job SET run_after = NULL WHERE id = $1::uuid", &done).await;
+    // A lease that expired a minute ago on a RUNNING job: past any rescue window.
+    exec(
+        &app,
+        "UPDATE job SET lease_expires_at = now() - interval '1 minute', lease_ms = 1000,
+                        lease_holder = 'w' WHERE id = $1::uuid",
+        &running,
+    )
+    .await;
+    assert_violated(&app, names::EXPIRED_LEASES_RESCUED, &[&running]).await;
+    // Within the window it is not (yet) a violation.
+    exec(
+        &app,
+        "UPDATE job SET lease_expires_at = now() - interval '1 second' WHERE id = $1::uuid",
+        &running,
+    )
+    .await;
+    let r = report(&app).await;
+    let expired = r.invariant(names::EXPIRED_LEASES_RESCUED).unwrap();
+    assert!(expired.holds(), "{}", r.to_text());
+}
+
+#[tokio::test]
 async fn an_illegal_event_chain_is_named() {
     let app = spawn_app().await;
     // A pair the table does not allow (QUEUED → SUCCEEDED), with the job row made to
@@ -543,7 +596,7 @@ async fn the_check_subcommand_exits_0_when_clean_1_when_violated_2_when_unreacha
     assert_eq!(code, Some(0));
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json["ok"], true);
-    assert_eq!(json["invariants"].as_array().unwrap().len(), 6);
+    assert_eq!(json["invariants"].as_array().unwrap().len(), 9);
 
     exec(
         &app,

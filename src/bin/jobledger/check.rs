@@ -4,7 +4,7 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::{Args, ValueEnum};
-use jobledger::tools::check::check;
+use jobledger::tools::check::check_with;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::DatabaseArgs;
@@ -25,6 +25,10 @@ pub struct CheckArgs {
     /// Give up connecting after this many milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub connect_timeout_ms: u64,
+    /// A RUNNING job whose lease expired longer ago than this (in ms) is a violation: the
+    /// rescuer should have moved it (within ~2 s).
+    #[arg(long, default_value_t = jobledger::tools::check::DEFAULT_RESCUE_WINDOW.as_millis() as u64)]
+    pub rescue_window_ms: u64,
 }
 
 /// Exit codes of `jobledger check`.
@@ -62,7 +66,8 @@ pub async fn run(args: CheckArgs) -> ExitCode {
             return ExitCode::from(exit::CANNOT_CHECK);
         }
     };
-    let report = match check(&pool).await {
+    let window = Duration::from_millis(args.rescue_window_ms);
+    let report = match check_with(&pool, window).await {
         Ok(report) => report,
         Err(e) => {
             eprintln!("error: cannot check {place}: {e}");
