@@ -8,10 +8,13 @@ event, and ends with each job as GetJob shows it (the old REST view: status, sta
 progress, result, last error).
 
 Run it again with the same --prefix and it creates nothing: the keys already name the
-jobs (created = false), and their streams replay the stored events.
+jobs (created = false), and their streams replay the stored events. With --show it only
+prints the jobs as they are now: who holds a RUNNING job's lease (lease_holder) and
+until when (lease_expires_at), or when a QUEUED or FAILED job becomes claimable
+(run_after).
 
-Exit status: 0 when every job SUCCEEDED, 3 when some ended otherwise (dead-lettered or
-canceled), 1 on an error, 2 on bad flags.
+Exit status: 0 when every job SUCCEEDED (--show: when every job exists), 3 when some
+ended otherwise (dead-lettered or canceled), 1 on an error, 2 on bad flags.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 
 import grpc
+from google.protobuf import timestamp_pb2
 
 import ledger_client as lc  # first: it puts the generated client on sys.path
 from jobledger.v1 import ledger_pb2, ledger_pb2_grpc
@@ -50,6 +55,17 @@ def parse_args() -> argparse.Namespace:
         help="how long the worker spends in each stage, a job param (default 200)",
     )
     parser.add_argument(
+        "--run-after",
+        type=float,
+        default=0.0,
+        help="schedule the jobs: not claimable for this many seconds (default 0: at once)",
+    )
+    parser.add_argument(
+        "--show",
+        action="store_true",
+        help="create nothing: print the jobs PREFIX-1..N as they are now, and exit",
+    )
+    parser.add_argument(
         "--demo-errors",
         action="store_true",
         help="also send two bad requests and print the error details jobledger returns",
@@ -65,11 +81,17 @@ def parse_args() -> argparse.Namespace:
         parser.error("--count must be at least 1")
     if args.max_attempts < 0:
         parser.error("--max-attempts must not be negative")
+    if args.run_after < 0:
+        parser.error("--run-after must not be negative")
     return args
 
 
 async def create_jobs(stub, args) -> list[tuple[str, ledger_pb2.Job]]:
     jobs = []
+    run_after = None
+    if args.run_after > 0:
+        run_after = timestamp_pb2.Timestamp()
+        run_after.FromNanoseconds(time.time_ns() + int(args.run_after * 1e9))
     for i in range(1, args.count + 1):
         key = f"{args.prefix}-{i}"
         request = ledger_pb2.CreateJobRequest(
@@ -78,6 +100,7 @@ async def create_jobs(stub, args) -> list[tuple[str, ledger_pb2.Job]]:
             idempotency_key=key,
             requested_by="api.py",
             max_attempts=args.max_attempts,
+            run_after=run_after,
             params=lc.to_struct(
                 {"file": f"uploads/{key}.csv", "rows": args.rows * i, "step_ms": args.step_ms}
             ),
@@ -86,8 +109,9 @@ async def create_jobs(stub, args) -> list[tuple[str, ledger_pb2.Job]]:
         # repeat returns the job the first call made.
         response = await lc.call(stub.CreateJob, request, what=f"create {key}")
         job = response.job
+        scheduled = f" run_after={lc.iso(job.run_after)}" if job.HasField("run_after") else ""
         if response.created:
-            log(f"created {key} {job.id} {lc.status_name(job.status)} max_attempts={job.max_attempts}")
+            log(f"created {key} {job.id} {lc.status_name(job.status)} max_attempts={job.max_attempts}{scheduled}")
         else:
             log(f"exists  {key} {job.id} {lc.status_name(job.status)} (idempotent repeat, created=false)")
         jobs.append((key, job))
@@ -136,7 +160,7 @@ def format_event(key: str, event: ledger_pb2.JobEvent) -> str:
     before = lc.status_name(event.prev_status) if event.prev_status else "(created)"
     parts = [f"event {key} {before} -> {lc.status_name(event.next_status)} attempt={event.attempt}"]
     detail = lc.from_struct(event.detail)
-    for name in ("stage", "progress", "result", "error_code", "error_message", "reason", "actor"):
+    for name in ("stage", "progress", "result", "error_code", "error_message", "run_after", "reason", "actor"):
         if name in detail:
             parts.append(f"{name}={lc.show(detail[name])}")
     return " ".join(parts)
@@ -151,13 +175,38 @@ def format_job(key: str, job: ledger_pb2.Job) -> str:
         parts.append(f"result={lc.show(lc.from_struct(job.result))}")
     if job.last_error_code or job.last_error_message:
         parts.append(f"last_error={lc.show(job.last_error_code + ': ' + job.last_error_message)}")
+    # Dispatch: when a QUEUED or FAILED job becomes claimable; who holds a RUNNING job
+    # and until when (unset once it leaves RUNNING).
+    if job.HasField("run_after"):
+        parts.append(f"run_after={lc.iso(job.run_after)}")
+    if job.lease_holder:
+        parts.append(f"lease_holder={lc.show(job.lease_holder)}")
+    if job.HasField("lease_expires_at"):
+        parts.append(f"lease_expires_at={lc.iso(job.lease_expires_at)}")
     return " ".join(parts)
+
+
+async def show_jobs(stub, args) -> int:
+    """Prints the jobs PREFIX-1..N as they are now (found by idempotency key)."""
+    missing = 0
+    for i in range(1, args.count + 1):
+        key = f"{args.prefix}-{i}"
+        request = ledger_pb2.ListJobsRequest(org_id=args.org, idempotency_key=key, page_size=1)
+        found = (await lc.call(stub.ListJobs, request, what=f"find {key}")).jobs
+        if found:
+            log(format_job(key, found[0]))
+        else:
+            log(f"no job {key}")
+            missing += 1
+    return 3 if missing else 0
 
 
 async def main() -> int:
     args = parse_args()
     async with lc.channel(args.addr) as channel:
         stub = ledger_pb2_grpc.JobLedgerStub(channel)
+        if args.show:
+            return await show_jobs(stub, args)
         jobs = await create_jobs(stub, args)
         if args.demo_errors:
             await demo_errors(stub, args, jobs[0][0])

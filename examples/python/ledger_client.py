@@ -47,7 +47,8 @@ DEFAULT_ADDR = "127.0.0.1:50051"
 # Worth repeating the same request: the server was unreachable, shutting down, or the
 # database was (UNAVAILABLE, with a RetryInfo), or the call ran out of time. Repeating
 # is safe only for idempotent requests: a CreateJob with an idempotency_key, a
-# TransitionJob with a request_id, and reads.
+# TransitionJob with a request_id, a HeartbeatJob, and reads. Not a ClaimJobs: a claim
+# whose answer was lost may have taken jobs (their leases run out and they are rescued).
 TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
@@ -109,6 +110,11 @@ def show(value: Any) -> str:
     if isinstance(value, str) and value and not any(c.isspace() or c in "\"'" for c in value):
         return value
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def iso(ts: Any) -> str:
+    """A google.protobuf.Timestamp as ISO 8601 UTC with milliseconds: 2026-05-01T12:00:00.250Z."""
+    return ts.ToDatetime().strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def log(*parts: Any) -> None:
