@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::feed::{ClaimWaiter, Feed, QueueKey};
 use crate::ledger::LedgerError;
-use crate::store::{Claim, ClaimRequest, ClaimScope, Store, TransitionOutcome};
+use crate::store::{Claim, ClaimRequest, ClaimScope, GroupClaims, Store, TransitionOutcome};
 
 /// How dispatch behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +49,8 @@ impl Default for DispatchSettings {
 #[derive(Clone)]
 pub(crate) struct Dispatcher {
     store: Store,
+    /// Concurrent claims of the same queues in one transaction (with group commit on).
+    group: Option<GroupClaims>,
     feed: Feed,
     settings: DispatchSettings,
     waiting: Arc<Semaphore>,
@@ -58,13 +60,16 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// `group_writers`: the writer tasks of grouped claims (None: every claim alone).
     pub(crate) fn new(
         store: Store,
         feed: Feed,
         settings: DispatchSettings,
+        group_writers: Option<usize>,
         shutdown: CancellationToken,
     ) -> Dispatcher {
         Dispatcher {
+            group: group_writers.map(|writers| GroupClaims::start(store.clone(), writers)),
             store,
             feed,
             waiting: Arc::new(Semaphore::new(settings.max_waiting_claims)),
@@ -96,7 +101,10 @@ impl Dispatcher {
             if let ClaimScope::AllOrgs { after } = &mut request.scope {
                 *after = *self.last_org.lock().unwrap_or_else(|e| e.into_inner());
             }
-            let claim = self.store.claim_jobs(&request, deadline).await?;
+            let claim = match &self.group {
+                Some(group) => group.claim(&request, deadline).await?,
+                None => self.store.claim_jobs(&request, deadline).await?,
+            };
             let next_due = claim.next_due;
             if let Some(claimed) = self.settle(&request, claim) {
                 return Ok(claimed);
@@ -126,6 +134,11 @@ impl Dispatcher {
                 _ = self.shutdown.cancelled() => return Ok(Vec::new()),
                 _ = waiter.woken() => {}
                 _ = tokio::time::sleep_until(wake_at.into()) => {}
+            }
+            // The wait is over: answer now rather than after one more query, which could
+            // take the answer past the caller's deadline on a busy database.
+            if Instant::now() >= until {
+                return Ok(Vec::new());
             }
         }
     }
@@ -167,11 +180,16 @@ fn keys(request: &ClaimRequest) -> Vec<QueueKey> {
 }
 
 /// When a waiting claim answers empty: at the end of its wait, or a little before the
-/// caller's deadline, so the empty answer reaches the caller in time.
+/// caller's deadline — by 5 % of the time left, at least 50 ms — so the empty answer
+/// reaches the caller in time (the deadline was read from the request as it arrived: the
+/// margin covers the request's travel as well as the answer's).
 fn wait_until(end_of_wait: Instant, deadline: Option<Instant>) -> Instant {
-    const MARGIN: Duration = Duration::from_millis(50);
+    const MIN_MARGIN: Duration = Duration::from_millis(50);
     match deadline {
-        Some(d) => end_of_wait.min(d.checked_sub(MARGIN).unwrap_or(d)),
+        Some(d) => {
+            let margin = (d.saturating_duration_since(Instant::now()) / 20).max(MIN_MARGIN);
+            end_of_wait.min(d.checked_sub(margin).unwrap_or(d))
+        }
         None => end_of_wait,
     }
 }

@@ -255,12 +255,17 @@ pub fn backoff_ms(policy: &RetryPolicy, job_id: uuid::Uuid, attempt: i32) -> i64
     let d = initial
         .saturating_mul(1i64.checked_shl(doublings).unwrap_or(i64::MAX))
         .min(max);
-    // FNV-1a over the id and attempt: a stable fraction in [0, 1).
+    // FNV-1a over the id and attempt, then SplitMix64's finalizer (FNV alone moves its
+    // high bits only slightly for a change in the last bytes, so one job's attempts would
+    // share a factor): a stable fraction in [0, 1).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in job_id.as_bytes().iter().chain(&attempt.to_be_bytes()) {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
     let fraction = (h >> 11) as f64 / (1u64 << 53) as f64;
     (d as f64 * (0.5 + 0.5 * fraction)) as i64
 }

@@ -49,11 +49,12 @@ pub struct Verifier {
 pub enum AuthError {
     /// UNAUTHENTICATED: no usable token.
     Refused(Refusal),
-    /// PERMISSION_DENIED: the request (or CreateJobs entry `entry`) names another org.
+    /// PERMISSION_DENIED: the request (or an entry of a batch: the list's field name
+    /// and the entry's index) names another org.
     OrgMismatch {
         named: Uuid,
         token_org: Uuid,
-        entry: Option<usize>,
+        entry: Option<(&'static str, usize)>,
     },
     /// PERMISSION_DENIED: a claim of every org with a token that is not a worker's.
     WorkerScopeRequired,
@@ -410,10 +411,12 @@ pub fn scope<T: OrgScoped>(request: &mut Request<T>) -> Result<(), AuthError> {
     scope_org(caller, request.get_mut().org_id_mut())
 }
 
-/// Scopes every entry of a CreateJobs (or TransitionJobs) call: one entry naming another
-/// org refuses the whole call (nothing is written).
+/// Scopes every entry of a CreateJobs (or TransitionJobs) call, the entries of request
+/// field `field`: one entry naming another org refuses the whole call (nothing is
+/// written).
 pub fn scope_entries<T: OrgScoped>(
     caller: Option<Caller>,
+    field: &'static str,
     entries: &mut [T],
 ) -> Result<(), AuthError> {
     for (i, entry) in entries.iter_mut().enumerate() {
@@ -421,7 +424,7 @@ pub fn scope_entries<T: OrgScoped>(
         scope_org(caller, org_id).map_err(|_| AuthError::OrgMismatch {
             named: Uuid::parse_str(org_id).unwrap_or_default(),
             token_org: caller.and_then(|c| c.org).unwrap_or_default(),
-            entry: Some(i),
+            entry: Some((field, i)),
         })?;
     }
     Ok(())

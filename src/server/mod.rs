@@ -208,6 +208,7 @@ impl Application {
             self.store.clone(),
             feed.clone(),
             self.config.dispatch.clone(),
+            self.config.group_commit.map(|g| g.writers),
             stop.clone(),
         );
         let metrics = self.metrics.clone();

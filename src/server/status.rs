@@ -212,15 +212,15 @@ fn unauthenticated(refusal: Refusal) -> Status {
     )
 }
 
-fn org_mismatch(named: Uuid, token_org: Uuid, entry: Option<usize>) -> Status {
+fn org_mismatch(named: Uuid, token_org: Uuid, entry: Option<(&str, usize)>) -> Status {
     let mut metadata = HashMap::from([
         ("org_id".to_owned(), named.to_string()),
         ("authenticated_org_id".to_owned(), token_org.to_string()),
     ]);
     let message = match entry {
-        Some(i) => {
+        Some((field, i)) => {
             metadata.insert("entry".to_owned(), i.to_string());
-            format!("jobs[{i}]: the credentials are for org {token_org}, not {named}")
+            format!("{field}[{i}]: the credentials are for org {token_org}, not {named}")
         }
         None => format!("the credentials are for org {token_org}, not {named}"),
     };

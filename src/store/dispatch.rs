@@ -55,12 +55,54 @@ pub(crate) struct Claim {
     pub last_org: Option<Uuid>,
 }
 
+impl Claim {
+    /// What a claim attempt found, for one of the requests claimed together, before it
+    /// is given its jobs.
+    fn without_jobs(&self) -> Claim {
+        Claim {
+            claimed: Vec::new(),
+            more: self.more,
+            full: self.full.clone(),
+            next_due: self.next_due,
+            last_org: self.last_org,
+        }
+    }
+}
+
+impl ClaimRequest {
+    /// Requests with the same key can be claimed together (`Store::claim_together`):
+    /// the same scope (all orgs, or the same org) and the same types.
+    pub(crate) fn group_key(&self) -> (Option<Uuid>, Vec<String>) {
+        let org = match self.scope {
+            ClaimScope::Org(org) => Some(org),
+            ClaimScope::AllOrgs { .. } => None,
+        };
+        let mut types = self.types.clone();
+        types.sort_unstable();
+        types.dedup();
+        (org, types)
+    }
+}
+
+/// Which request (by index) each of `taken` jobs in claim order goes to: the first
+/// request's `max_jobs`, then the next request's, and so on.
+fn owners(requests: &[ClaimRequest], taken: usize) -> Vec<usize> {
+    requests
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| std::iter::repeat_n(i, r.max_jobs))
+        .take(taken)
+        .collect()
+}
+
 /// A queue (an org's jobs of one type) and how many jobs a claim may take from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Take {
     org_id: Uuid,
     job_type: String,
     take: i32,
+    /// A limited queue's free slots: the most it may give this claim in all.
+    slots: Option<i32>,
 }
 
 /// One queue's numbers (ListQueues).
@@ -78,43 +120,77 @@ pub(crate) struct QueueStats {
 
 impl Store {
     /// Claims up to `max_jobs` claimable jobs for `worker_id` (see the module's doc).
-    #[tracing::instrument(skip_all, fields(jobs = request.max_jobs))]
     pub(crate) async fn claim_jobs(
         &self,
         request: &ClaimRequest,
         deadline: Option<std::time::Instant>,
     ) -> Result<Claim, LedgerError> {
-        let mut tx = self.begin(deadline).await?;
+        let claims = self
+            .claim_together(std::slice::from_ref(request), deadline)
+            .await;
+        Ok(super::past_deadline(claims, deadline)?
+            .into_iter()
+            .next()
+            .unwrap_or_default())
+    }
+
+    /// The claims of several requests of the same queues (one scope, one set of types:
+    /// see `ClaimRequest::group_key`) in one transaction, as if the requests were one
+    /// whose `max_jobs` is their sum; the jobs taken go to the requests in order, each
+    /// getting the next ones in claim order up to its own `max_jobs`, started under its
+    /// own worker and lease. One Claim per request.
+    pub(crate) async fn claim_together(
+        &self,
+        requests: &[ClaimRequest],
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Vec<Claim>, LedgerError> {
+        let Some(first) = requests.first() else {
+            return Ok(Vec::new());
+        };
+        let request = ClaimRequest {
+            max_jobs: requests.iter().map(|r| r.max_jobs).sum(),
+            ..first.clone()
+        };
+        let mut tx = self.begin_claim(deadline).await?;
         let queues = match request.scope {
             ClaimScope::Org(org_id) => request.types.iter().map(|t| (org_id, t.clone())).collect(),
             ClaimScope::AllOrgs { .. } => claimable_orgs(&mut tx, &request.types).await?,
         };
         let mut claim = Claim::default();
-        let takes = takes(&mut tx, request, &queues, &mut claim).await?;
+        let takes = takes(&mut tx, &request, &queues, &mut claim).await?;
         let rows = lock_claimable(&mut tx, &takes, &[]).await?;
-        let mut picked = pick(request, rows, &mut claim);
+        let mut picked = pick(&request, rows, &mut claim);
         if let ClaimScope::AllOrgs { .. } = request.scope {
             picked = self
-                .fill_up(&mut tx, request, &takes, picked, &mut claim)
+                .fill_up(&mut tx, &request, &takes, picked, &mut claim)
                 .await?;
         }
         if picked.is_empty() {
             claim.next_due = next_due(&mut tx, &queues).await?;
             tx.commit().await?;
-            return Ok(claim);
+            return Ok(requests.iter().map(|_| claim.without_jobs()).collect());
         }
         claim.last_org = picked.last().map(|(job, _)| job.org_id);
-        let starts: Vec<Transition> = picked.iter().map(|(job, _)| start(job, request)).collect();
+        let owners = owners(requests, picked.len());
+        let starts: Vec<Transition> = picked
+            .iter()
+            .zip(&owners)
+            .map(|((job, _), &owner)| start(job, &requests[owner]))
+            .collect();
         let outcomes = apply_locked(&mut tx, &picked, &starts).await?;
         tx.commit().await?;
+        let mut claims: Vec<Claim> = requests.iter().map(|_| claim.without_jobs()).collect();
         // The SQL picked only claimable jobs the state machine starts; a refusal here
         // would be a rule the SQL and the machine disagree on: leave the job as it is.
-        claim.claimed = outcomes.into_iter().filter_map(log_refusal).collect();
-        Ok(claim)
+        for (outcome, owner) in outcomes.into_iter().zip(owners) {
+            claims[owner].claimed.extend(log_refusal(outcome));
+        }
+        Ok(claims)
     }
 
-    /// All orgs: when the first round left slots free and some queue gave all it was
-    /// allowed, takes more from those queues (round-robin again).
+    /// All orgs: when the first round left room and some queues gave all they were
+    /// asked for, takes more from those queues (round-robin again; a limited queue no
+    /// more than its free slots in all).
     async fn fill_up(
         &self,
         tx: &mut PgConnection,
@@ -124,18 +200,24 @@ impl Store {
         claim: &mut Claim,
     ) -> Result<Vec<(Job, DateTime<Utc>)>, LedgerError> {
         let free = request.max_jobs.saturating_sub(picked.len());
-        if free == 0 || !claim.more {
+        if free == 0 {
             return Ok(picked);
         }
         let taken: Vec<Uuid> = picked.iter().map(|(job, _)| job.id).collect();
         let again: Vec<Take> = takes
             .iter()
-            .filter(|t| {
-                picked.iter().filter(|(j, _)| j.org_id == t.org_id).count() >= t.take as usize
-            })
-            .map(|t| Take {
-                take: free as i32,
-                ..t.clone()
+            .filter_map(|t| {
+                let given = picked
+                    .iter()
+                    .filter(|(j, _)| j.org_id == t.org_id && j.job_type == t.job_type)
+                    .count() as i32;
+                let room = t
+                    .slots
+                    .map_or(free as i32, |s| (s - given).min(free as i32));
+                (given >= t.take && room > 0).then(|| Take {
+                    take: room,
+                    ..t.clone()
+                })
             })
             .collect();
         if again.is_empty() {
@@ -348,15 +430,16 @@ async fn takes(
         .iter()
         .filter(|(org, t)| !paused.contains(&(*org, t.as_str())))
         .filter_map(|(org, t)| {
-            let limit = match limits.get(&(*org, t.as_str())) {
-                Some(_) => *slots.get(&(*org, t.clone()))?,
-                None => share,
+            let slots = match limits.get(&(*org, t.as_str())) {
+                Some(_) => Some(*slots.get(&(*org, t.clone()))?),
+                None => None,
             };
-            let take = limit.min(share) as i32;
+            let take = slots.unwrap_or(share).min(share) as i32;
             (take > 0).then(|| Take {
                 org_id: *org,
                 job_type: t.clone(),
                 take,
+                slots: slots.map(|s| s as i32),
             })
         })
         .collect())
@@ -494,4 +577,45 @@ async fn next_due(
         .bind(&types)
         .fetch_one(&mut *tx)
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(scope: ClaimScope, types: &[&str], max_jobs: usize) -> ClaimRequest {
+        ClaimRequest {
+            scope,
+            types: types.iter().map(|t| t.to_string()).collect(),
+            worker_id: "w".into(),
+            max_jobs,
+            lease_ms: 30_000,
+        }
+    }
+
+    #[test]
+    fn jobs_claimed_together_go_to_the_requests_in_order_each_up_to_its_max() {
+        let org = ClaimScope::Org(Uuid::nil());
+        let requests = [
+            request(org, &["t"], 2),
+            request(org, &["t"], 3),
+            request(org, &["t"], 1),
+        ];
+        assert_eq!(owners(&requests, 6), [0, 0, 1, 1, 1, 2]);
+        assert_eq!(owners(&requests, 4), [0, 0, 1, 1]);
+        assert_eq!(owners(&requests, 0), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn claims_group_by_scope_and_set_of_types() {
+        let a = ClaimScope::Org(Uuid::from_u128(1));
+        let b = ClaimScope::Org(Uuid::from_u128(2));
+        let all = |after| ClaimScope::AllOrgs { after };
+        let key = |scope, types: &[&str]| request(scope, types, 1).group_key();
+        assert_eq!(key(a, &["x", "y"]), key(a, &["y", "x", "x"]));
+        assert_ne!(key(a, &["x"]), key(b, &["x"]));
+        assert_ne!(key(a, &["x"]), key(a, &["x", "y"]));
+        assert_ne!(key(a, &["x"]), key(all(None), &["x"]));
+        assert_eq!(key(all(None), &["x"]), key(all(Some(Uuid::nil())), &["x"]));
+    }
 }

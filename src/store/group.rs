@@ -7,6 +7,10 @@
 //! is in flight runs at once in its caller's task, on the same path as without group
 //! commit (no hand-off to a writer task: one caller is not slowed down); calls that
 //! arrive while others are in flight queue for the writers.
+//!
+//! Claims (ClaimJobs) are grouped the same way: concurrent claims of the same queues are
+//! one transaction (`Store::claim_together`), so workers of one pool stop skipping each
+//! other's locked rows and committing one by one.
 
 use std::{
     future::Future,
@@ -19,7 +23,7 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::{jobs::CreateOutcome, Store, TransitionResult};
+use super::{jobs::CreateOutcome, Claim, ClaimRequest, Store, TransitionResult};
 use crate::ledger::{LedgerError, NewJob, Transition};
 
 type Pending<T, R> = (T, oneshot::Sender<R>);
@@ -217,6 +221,115 @@ async fn write_transitions(
                 tokio::spawn(async move {
                     let _ = reply.send(store.transition_job(&t, deadline).await);
                 });
+            }
+        }
+    }
+}
+
+/// Most jobs one grouped claim takes (the sum of its requests' `max_jobs`).
+const MAX_GROUP_CLAIM_JOBS: usize = 1000;
+
+/// A claim with less time than this before its caller's deadline is not grouped: it
+/// runs alone, under a statement timeout of its own deadline.
+const MIN_GROUPED_CLAIM_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+type ClaimResult = Result<Claim, LedgerError>;
+
+/// ClaimJobs' front of the store: concurrent claims of the same queues in one
+/// transaction (see the module's doc).
+#[derive(Clone, Debug)]
+pub(crate) struct GroupClaims {
+    store: Store,
+    claims: Batcher<(ClaimRequest, Option<Instant>), ClaimResult>,
+    in_flight: InFlight,
+}
+
+impl GroupClaims {
+    /// Starts `writers` writer tasks (each holds at most one pool connection at a time).
+    pub(crate) fn start(store: Store, writers: usize) -> GroupClaims {
+        let claims = {
+            let store = store.clone();
+            // Claims of different queues in one batch become one transaction per queue.
+            Batcher::start(writers, MAX_GROUP_CLAIM_JOBS, move |batch| {
+                write_claims(store.clone(), batch)
+            })
+        };
+        GroupClaims {
+            store,
+            claims,
+            in_flight: InFlight::default(),
+        }
+    }
+
+    /// One claim attempt (as `Store::claim_jobs`).
+    pub(crate) async fn claim(
+        &self,
+        request: &ClaimRequest,
+        deadline: Option<Instant>,
+    ) -> ClaimResult {
+        let (_counted, alone) = self.in_flight.enter();
+        let hurried = deadline
+            .is_some_and(|d| d.saturating_duration_since(Instant::now()) < MIN_GROUPED_CLAIM_TIME);
+        if alone || hurried {
+            return self.store.claim_jobs(request, deadline).await;
+        }
+        self.claims.submit((request.clone(), deadline)).await?
+    }
+}
+
+/// Writes a batch of claims: those of the same queues together, in arrival order, at
+/// most MAX_GROUP_CLAIM_JOBS jobs per transaction; the transactions concurrently.
+async fn write_claims(
+    store: Store,
+    batch: Vec<Pending<(ClaimRequest, Option<Instant>), ClaimResult>>,
+) {
+    let mut groups: Vec<(_, usize, Vec<_>)> = Vec::new();
+    for pending in batch {
+        let key = pending.0 .0.group_key();
+        let jobs = pending.0 .0.max_jobs;
+        match groups
+            .iter_mut()
+            .find(|(k, n, _)| *k == key && n + jobs <= MAX_GROUP_CLAIM_JOBS)
+        {
+            Some((_, n, members)) => {
+                *n += jobs;
+                members.push(pending);
+            }
+            None => groups.push((key, jobs, vec![pending])),
+        }
+    }
+    let writes = groups
+        .into_iter()
+        .map(|(_, _, members)| write_claim_group(&store, members));
+    futures::future::join_all(writes).await;
+}
+
+async fn write_claim_group(
+    store: &Store,
+    members: Vec<Pending<(ClaimRequest, Option<Instant>), ClaimResult>>,
+) {
+    let (calls, replies): (Vec<_>, Vec<_>) = members.into_iter().unzip();
+    let requests: Vec<ClaimRequest> = calls.iter().map(|(r, _)| r.clone()).collect();
+    // The group ends with its earliest deadline (each was at least
+    // MIN_GROUPED_CLAIM_TIME away when it was queued).
+    let deadline = calls.iter().filter_map(|(_, d)| *d).min();
+    let result = store.claim_together(&requests, deadline).await;
+    match super::past_deadline(result, deadline) {
+        Ok(claims) => {
+            for (reply, claim) in replies.into_iter().zip(claims) {
+                let _ = reply.send(Ok(claim));
+            }
+        }
+        // The earliest deadline cancelled the transaction (nothing was claimed): the
+        // others try alone, each until its own deadline.
+        Err(LedgerError::DeadlineExceeded) if requests.len() > 1 => {
+            for ((request, deadline), reply) in calls.iter().zip(replies) {
+                let _ = reply.send(store.claim_jobs(request, *deadline).await);
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }

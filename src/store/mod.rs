@@ -14,7 +14,7 @@ mod transitions;
 pub(crate) use dispatch::{Claim, ClaimRequest, ClaimScope, QueueStats};
 pub(crate) use events::notify_events;
 pub use events::FeedScope;
-pub(crate) use group::GroupCommit;
+pub(crate) use group::{GroupClaims, GroupCommit};
 pub(crate) use list::{JobPage, TypeStatusCount};
 pub(crate) use transitions::{TransitionOutcome, TransitionResult};
 
@@ -118,12 +118,7 @@ impl Store {
         &self,
         timeout: Duration,
     ) -> Result<Transaction<'static, Postgres>, LedgerError> {
-        // statement_timeout is in whole milliseconds; 0 would mean "no timeout".
-        let ms = timeout.as_millis().max(1);
-        Ok(self
-            .pool
-            .begin_with(format!("BEGIN; SET LOCAL statement_timeout = {ms}"))
-            .await?)
+        self.begin_with(Some(timeout), "").await
     }
 
     /// A transaction; with a deadline, its statements are cancelled by PostgreSQL when
@@ -132,21 +127,46 @@ impl Store {
         &self,
         deadline: Option<Instant>,
     ) -> Result<Transaction<'static, Postgres>, LedgerError> {
-        match self.deadline_transaction(deadline).await? {
-            Some(tx) => Ok(tx),
-            None => Ok(self.pool.begin().await?),
-        }
+        self.begin_with(self.timeout_for(deadline)?, "").await
     }
 
-    /// A transaction whose statements PostgreSQL cancels when the caller's deadline
-    /// passes, so the database stops working for a caller that is gone — a lock wait
-    /// included. None when there is no deadline or it is later than the configured
-    /// statement timeout (which then applies as always): run without a transaction of
-    /// its own.
-    pub(crate) async fn deadline_transaction(
+    /// A claim's transaction (as `begin`): sorting is disabled in it, so that the planner
+    /// walks `idx_job_claim` in claim order rather than sorting a queue's whole backlog —
+    /// which it would otherwise choose whenever its statistics think a queue is small (a
+    /// new job type, a table grown since the last ANALYZE), locking rows as it goes.
+    pub(crate) async fn begin_claim(
         &self,
         deadline: Option<Instant>,
-    ) -> Result<Option<Transaction<'static, Postgres>>, LedgerError> {
+    ) -> Result<Transaction<'static, Postgres>, LedgerError> {
+        let timeout = self.timeout_for(deadline)?;
+        self.begin_with(timeout, "; SET LOCAL enable_sort = off")
+            .await
+    }
+
+    /// BEGIN, a statement timeout when there is one, and `settings` (more `; SET LOCAL`
+    /// statements), in one round trip.
+    async fn begin_with(
+        &self,
+        timeout: Option<Duration>,
+        settings: &str,
+    ) -> Result<Transaction<'static, Postgres>, LedgerError> {
+        if timeout.is_none() && settings.is_empty() {
+            return Ok(self.pool.begin().await?);
+        }
+        // statement_timeout is in whole milliseconds; 0 would mean "no timeout".
+        let timeout = timeout
+            .map(|t| format!("; SET LOCAL statement_timeout = {}", t.as_millis().max(1)))
+            .unwrap_or_default();
+        Ok(self
+            .pool
+            .begin_with(format!("BEGIN{timeout}{settings}"))
+            .await?)
+    }
+
+    /// The statement timeout a caller's deadline asks for: None when there is no
+    /// deadline or it is later than the configured statement timeout (which then applies
+    /// as always).
+    fn timeout_for(&self, deadline: Option<Instant>) -> Result<Option<Duration>, LedgerError> {
         let Some(deadline) = deadline else {
             return Ok(None);
         };
@@ -154,10 +174,21 @@ impl Store {
         if left.is_zero() {
             return Err(LedgerError::DeadlineExceeded);
         }
-        if left >= self.statement_timeout {
-            return Ok(None);
+        Ok((left < self.statement_timeout).then_some(left))
+    }
+
+    /// A transaction whose statements PostgreSQL cancels when the caller's deadline
+    /// passes, so the database stops working for a caller that is gone — a lock wait
+    /// included. None when `timeout_for` finds no timeout to set: run without a
+    /// transaction of its own.
+    pub(crate) async fn deadline_transaction(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Transaction<'static, Postgres>>, LedgerError> {
+        match self.timeout_for(deadline)? {
+            Some(timeout) => self.begin_with_timeout(timeout).await.map(Some),
+            None => Ok(None),
         }
-        self.begin_with_timeout(left).await.map(Some)
     }
 }
 

@@ -204,24 +204,45 @@ impl Store {
     }
 
     /// Many transitions, each with the outcome a call of its own would have: together in
-    /// one transaction where their jobs' locks are free, the others each alone.
+    /// one transaction where their jobs' locks are free, the others each alone — one
+    /// job's entries one after another in their order (each sees the one before), a few
+    /// jobs at a time.
     pub(crate) async fn transition_many(
         &self,
         batch: &[Transition],
     ) -> Result<Vec<TransitionResult>, LedgerError> {
-        let together = self.transition_jobs_or_alone(batch).await?;
-        let alone = futures::future::join_all(
-            batch
-                .iter()
-                .zip(&together)
-                .filter(|(_, r)| r.is_none())
-                .map(|(t, _)| self.transition_job(t, None)),
-        )
-        .await;
-        let mut alone = alone.into_iter();
-        Ok(together
+        use futures::StreamExt;
+        const JOBS_AT_ONCE: usize = 4;
+        let mut results: Vec<Option<TransitionResult>> =
+            self.transition_jobs_or_alone(batch).await?;
+        let mut alone: Vec<(Uuid, Vec<usize>)> = Vec::new();
+        for (i, t) in batch
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| results[*i].is_none())
+        {
+            match alone.iter_mut().find(|(job, _)| *job == t.job_id) {
+                Some((_, entries)) => entries.push(i),
+                None => alone.push((t.job_id, vec![i])),
+            }
+        }
+        let ran: Vec<Vec<(usize, TransitionResult)>> = futures::stream::iter(alone)
+            .map(|(_, entries)| async move {
+                let mut out = Vec::with_capacity(entries.len());
+                for i in entries {
+                    out.push((i, self.transition_job(&batch[i], None).await));
+                }
+                out
+            })
+            .buffer_unordered(JOBS_AT_ONCE)
+            .collect()
+            .await;
+        for (i, result) in ran.into_iter().flatten() {
+            results[i] = Some(result);
+        }
+        Ok(results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| alone.next().expect("one outcome per entry run alone")))
+            .map(|r| r.expect("every entry ran together or alone"))
             .collect())
     }
 

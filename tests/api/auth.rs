@@ -422,8 +422,30 @@ async fn a_token_scopes_every_rpc_to_its_org() {
     assert_eq!(reason(&status), "ORG_MISMATCH");
     let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
     assert_eq!(info.metadata["entry"], "2");
+    assert!(status.message().starts_with("jobs[2]: "), "{status:?}");
     assert_eq!(app.count("job").await, jobs_before);
     assert_eq!(app.count("job_event").await, events_before);
+    // The same for TransitionJobs, its entries named by their own field.
+    let entry = |org: &str| proto::TransitionJobRequest {
+        org_id: org.to_owned(),
+        job_id: missing.clone(),
+        to_status: proto::JobStatus::Canceled as i32,
+        ..Default::default()
+    };
+    let status = client
+        .transition_jobs(bearer(
+            proto::TransitionJobsRequest {
+                transitions: vec![entry(&a), entry(&b)],
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), "ORG_MISMATCH");
+    assert!(
+        status.message().starts_with("transitions[1]: "),
+        "{status:?}"
+    );
 
     // A malformed org_id is still INVALID_ARGUMENT on the field.
     let status = client

@@ -32,18 +32,18 @@ use crate::helpers::{spawn_app, spawn_app_with, ScratchDb, TestApp, BIN};
 
 /// What a CLI run printed and how it exited.
 #[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    out: String,
-    err: String,
+pub(crate) struct Run {
+    pub code: Option<i32>,
+    pub out: String,
+    pub err: String,
 }
 
 impl Run {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.out)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
     }
-    fn err_json(&self) -> Value {
+    pub fn err_json(&self) -> Value {
         serde_json::from_str(self.err.trim())
             .unwrap_or_else(|e| panic!("stderr is not JSON ({e}): {self:?}"))
     }
@@ -77,25 +77,25 @@ fn run_with(args: &[&str], env: &[(&str, &str)]) -> Run {
     }
 }
 
-fn run(args: &[&str]) -> Run {
+pub(crate) fn run(args: &[&str]) -> Run {
     run_with(args, &[])
 }
 
 /// `jobledger job <args> --addr <app>`.
-fn job(app: &TestApp, args: &[&str]) -> Run {
+pub(crate) fn job(app: &TestApp, args: &[&str]) -> Run {
     let mut all = vec!["job"];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--addr", &app.addr]);
     run(&all)
 }
 
-fn ok(run: Run) -> Run {
+pub(crate) fn ok(run: Run) -> Run {
     assert_eq!(run.code, Some(0), "{run:?}");
     run
 }
 
 /// The id in "Created job <id>." (the table output of `job create`).
-fn created_id(run: &Run) -> String {
+pub(crate) fn created_id(run: &Run) -> String {
     let line = run.out.lines().next().unwrap_or_default();
     let id = line
         .strip_prefix("Created job ")

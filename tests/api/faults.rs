@@ -313,7 +313,7 @@ async fn assert_invariants_hold(db: &PgPool) -> jobledger::tools::check::CheckRe
         .await
         .expect("the checker runs");
     assert!(report.ok, "invariants violated:\n{}", report.to_text());
-    assert_eq!(report.invariants.len(), 6);
+    assert_eq!(report.invariants.len(), 9);
     report
 }
 

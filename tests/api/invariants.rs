@@ -402,9 +402,19 @@ async fn leases_and_run_after_out_of_place_and_an_expired_lease_left_running_are
         &queued,
     )
     .await;
-    exec(&app, "UPDATE job SET run_after = now() WHERE id = $1::uuid", &done).await;
+    exec(
+        &app,
+        "UPDATE job SET run_after = now() WHERE id = $1::uuid",
+        &done,
+    )
+    .await;
     assert_violated(&app, names::RUN_AFTER_ONLY_WHILE_WAITING, &[&done]).await;
-    exec(&app, "UPDATE job SET run_after = NULL WHERE id = $1::uuid", &done).await;
+    exec(
+        &app,
+        "UPDATE job SET run_after = NULL WHERE id = $1::uuid",
+        &done,
+    )
+    .await;
     // A lease that expired a minute ago on a RUNNING job: past any rescue window.
     exec(
         &app,

@@ -72,7 +72,8 @@ pub struct ServeArgs {
     pub max_request_bytes: usize,
 
     /// Group commit: writer tasks that write concurrent CreateJob calls together, one
-    /// statement and one commit per batch (0 turns it off).
+    /// statement and one commit per batch; as many for TransitionJob and for ClaimJobs
+    /// (concurrent claims of the same queues in one transaction). 0 turns it off.
     #[arg(long, env = "JOBLEDGER_GROUP_COMMIT_WRITERS", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(0..=256))]
     pub group_commit_writers: u16,

@@ -78,7 +78,7 @@ impl LedgerService {
         mut request: Request<proto::TransitionJobsRequest>,
     ) -> Result<proto::TransitionJobsResponse, Status> {
         let caller = auth::caller(&request);
-        auth::scope_entries(caller, &mut request.get_mut().transitions)?;
+        auth::scope_entries(caller, "transitions", &mut request.get_mut().transitions)?;
         let entries = request.into_inner().transitions;
         if entries.len() > MAX_JOBS_PER_BATCH {
             return Err(LedgerError::invalid(

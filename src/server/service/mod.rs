@@ -124,7 +124,7 @@ impl JobLedger for LedgerService {
         mut request: Request<proto::CreateJobsRequest>,
     ) -> Result<Response<proto::CreateJobsResponse>, Status> {
         let caller = auth::caller(&request);
-        auth::scope_entries(caller, &mut request.get_mut().jobs)?;
+        auth::scope_entries(caller, "jobs", &mut request.get_mut().jobs)?;
         let entries = request.into_inner().jobs;
         if entries.len() > MAX_JOBS_PER_BATCH {
             return Err(LedgerError::invalid(

@@ -344,8 +344,10 @@ pub async fn run(args: JobArgs) -> ExitCode {
 }
 
 async fn run_job(args: JobArgs) -> Result<(), Failure> {
-    let is_watch = matches!(args.command, JobCommand::Watch(_));
-    let mut call = Session::connect(args.client, !is_watch).await?;
+    // A stream runs until the job ends; a claim may wait for work (its request's
+    // deadline gives it the wait on top of --timeout-ms).
+    let open_ended = matches!(args.command, JobCommand::Watch(_) | JobCommand::Claim(_));
+    let mut call = Session::connect(args.client, !open_ended).await?;
     match args.command {
         JobCommand::Create(a) => call.create(a).await,
         JobCommand::Get { job_id } => call.get(job_id).await,
