@@ -15,7 +15,7 @@ use super::load::{measure, rss_mib, Target};
 use super::report::{print_comparison, print_comparison_row};
 use super::{CompareArgs, Comparison, ComparisonRow, LoadArgs, Output, Workload};
 
-const SCRIPTS: [(&str, &str); 3] = [
+const SCRIPTS: [(&str, &str); 5] = [
     (
         "create.sql",
         include_str!("../../../../../bench/create.sql"),
@@ -25,7 +25,19 @@ const SCRIPTS: [(&str, &str); 3] = [
         "transition.sql",
         include_str!("../../../../../bench/transition.sql"),
     ),
+    ("work.sql", include_str!("../../../../../bench/work.sql")),
+    (
+        "produce.sql",
+        include_str!("../../../../../bench/produce.sql"),
+    ),
 ];
+
+/// QUEUED `bench-work` jobs for the pgbench side of workload work: a backlog that
+/// produce.sql refills as fast as work.sql drains it.
+const PGBENCH_WORK_JOBS: i64 = 100_000;
+
+/// Jobs one run of produce.sql creates (as one CreateJobs call of the gRPC producer).
+const PRODUCE_BATCH: u32 = 1000;
 
 /// Jobs `bench compare` puts in the table for the pgbench GetJob and TransitionJob scripts.
 const PGBENCH_JOBS: i64 = 10_000;
@@ -61,7 +73,7 @@ async fn compare_on(
         let pool = args.server.pool_size.unwrap_or((c as u32).max(15));
         comparison.pool_sizes.push(pool);
         for &w in &load.workloads {
-            let Some(files) = pgbench_files(w) else {
+            let Some(files) = pgbench_files(w, load.claim_batch) else {
                 continue;
             };
             // A server per row: idle while pgbench runs (its event listener is awake for
@@ -77,6 +89,7 @@ async fn compare_on(
             // GetJob over gRPC reads the same rows the pgbench script reads.
             target.get_ids = (1..=PGBENCH_JOBS).map(numbered_job_id).collect();
             let tps = pgbench(&args.pgbench, &options, scripts, &files, c, load)?;
+            let tps = per_second_as_grpc_counts(w, tps, load);
             let grpc = measure(&target, w, c, load).await?;
             drop(target);
             drop(server);
@@ -106,23 +119,43 @@ fn write_scripts(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// pgbench's transactions per second in what the gRPC side counts: jobs worked for
+/// workload work (a work.sql run works claim_batch jobs, and runs PRODUCE_BATCH times
+/// out of PRODUCE_BATCH + claim_batch), calls otherwise.
+fn per_second_as_grpc_counts(w: Workload, tps: f64, load: &LoadArgs) -> f64 {
+    if w != Workload::Work {
+        return tps;
+    }
+    let batch = f64::from(load.claim_batch);
+    let produce = f64::from(PRODUCE_BATCH);
+    tps * batch * produce / (produce + batch)
+}
+
 /// The pgbench scripts (with weights) that run what a workload's calls run.
-fn pgbench_files(w: Workload) -> Option<Vec<&'static str>> {
-    Some(match w {
-        Workload::Create => vec!["create.sql"],
-        Workload::Get => vec!["get.sql"],
-        Workload::Transition => vec!["transition.sql"],
+fn pgbench_files(w: Workload, claim_batch: i32) -> Option<Vec<String>> {
+    let files: &[&str] = match w {
+        Workload::Create => &["create.sql"],
+        Workload::Get => &["get.sql"],
+        Workload::Transition => &["transition.sql"],
         // create, 3 gets, 3 transitions: the calls of one mixed iteration.
-        Workload::Mixed => vec!["create.sql@1", "get.sql@3", "transition.sql@3"],
+        Workload::Mixed => &["create.sql@1", "get.sql@3", "transition.sql@3"],
+        // A 1,000-job batch created per 1,000 / claim_batch rounds of work.
+        Workload::Work => {
+            return Some(vec![
+                format!("work.sql@{PRODUCE_BATCH}"),
+                format!("produce.sql@{claim_batch}"),
+            ])
+        }
         Workload::CreateBatch => return None,
-    })
+    };
+    Some(files.iter().map(|f| f.to_string()).collect())
 }
 
 fn pgbench(
     bin: &PathBuf,
     options: &PgConnectOptions,
     scripts: &Path,
-    files: &[&str],
+    files: &[String],
     concurrency: usize,
     load: &LoadArgs,
 ) -> anyhow::Result<f64> {
@@ -132,6 +165,7 @@ fn pgbench(
         .current_dir(scripts)
         .args(["-n", "-M", "prepared", "-D"])
         .arg(format!("njobs={PGBENCH_JOBS}"))
+        .args(["-D", &format!("claim_batch={}", load.claim_batch)])
         .args(["-c", &concurrency.to_string(), "-j", &threads.to_string()])
         .args(["-T", &(load.duration.round().max(1.0) as u64).to_string()])
         .args([
@@ -200,6 +234,15 @@ async fn populate_for_pgbench(options: &PgConnectOptions) -> anyhow::Result<()> 
          SELECT id, org_id, created_at, NULL, 'queued', 0, '{\"actor\": \"bench\"}'
          FROM job",
     )
+    .await?;
+    sqlx::query(
+        "INSERT INTO job (org_id, type, status, max_attempts, params)
+         SELECT '00000000-0000-0000-0000-000000000000', 'bench-work', 'queued', 5,
+                '{\"bench\": true}'
+         FROM generate_series(1, $1::int8)",
+    )
+    .bind(PGBENCH_WORK_JOBS)
+    .execute(&mut conn)
     .await?;
     conn.execute("VACUUM ANALYZE job, job_event").await?;
     conn.close().await.ok();

@@ -2,7 +2,10 @@
 //! CPU and memory of the server under it.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -13,7 +16,7 @@ use jobledger::proto::{
 };
 use tonic::transport::Channel;
 
-use super::{Latency, LoadArgs, Measurement, ServerUsage, Workload};
+use super::{Complete, Latency, LoadArgs, Measurement, ServerUsage, Workload};
 
 /// Where the load goes: clients over `connections` HTTP/2 connections.
 pub struct Target {
@@ -133,6 +136,15 @@ struct Tally {
 }
 
 impl Tally {
+    /// A failed call; counted when it started inside the measured window.
+    fn failed(&mut self, status: &tonic::Status, counted: bool) {
+        if counted {
+            self.errors += 1;
+        }
+        self.first_error
+            .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+    }
+
     fn merge(&mut self, other: Tally) {
         self.latency_us.add(&other.latency_us).ok();
         self.requests += other.requests;
@@ -161,6 +173,11 @@ struct Clock {
 impl Clock {
     fn running(&self) -> bool {
         Instant::now() < self.end
+    }
+
+    /// Whether a call that started at `started` is measured.
+    fn counts(&self, started: Instant) -> bool {
+        started >= self.measure_from
     }
 
     async fn call<T>(
@@ -200,6 +217,11 @@ const GET_JOBS: usize = 1_000;
 struct Workset {
     get_ids: Vec<String>,
     queued: Mutex<Vec<String>>,
+    /// Workload work: the job type of this measurement, and jobs created and completed
+    /// (the producer keeps the backlog between them bounded).
+    work_type: String,
+    created: AtomicU64,
+    completed: AtomicU64,
 }
 
 impl Workset {
@@ -230,6 +252,9 @@ impl Workset {
         Ok(Workset {
             get_ids,
             queued: Mutex::new(queued),
+            work_type: format!("bench-work-{}-{tag}", target.run),
+            created: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
         })
     }
 }
@@ -253,6 +278,13 @@ pub async fn measure(
         end: started + Duration::from_secs_f64(total),
     });
     let usage_before = tokio::spawn(usage_at(clock.measure_from, target.pid));
+    let producer = (workload == Workload::Work).then(|| {
+        tokio::spawn(produce(
+            target.clients[0].clone(),
+            workset.clone(),
+            clock.clone(),
+        ))
+    });
     let callers: Vec<_> = (0..concurrency)
         .map(|w| {
             let caller = Caller {
@@ -261,6 +293,8 @@ pub async fn measure(
                 workset: workset.clone(),
                 key_prefix: format!("{}-{tag}-{w}", target.run),
                 batch_size: load.batch_size,
+                claim_batch: load.claim_batch,
+                complete: load.complete,
                 rng: XorShift::new(w as u64 + 1),
             };
             tokio::spawn(caller.run(workload))
@@ -269,6 +303,9 @@ pub async fn measure(
     let mut tally = Tally::new();
     for caller in callers {
         tally.merge(caller.await?);
+    }
+    if let Some(producer) = producer {
+        producer.await??;
     }
     let usage_before = usage_before.await?;
     Ok(Measurement::new(
@@ -321,6 +358,41 @@ impl Measurement {
     }
 }
 
+/// Workload work's producer: CreateJobs of 1,000 jobs at a time while the clock runs,
+/// keeping at most `BACKLOG` jobs created and not yet completed.
+async fn produce(
+    mut client: JobLedgerClient<Channel>,
+    workset: Arc<Workset>,
+    clock: Arc<Clock>,
+) -> anyhow::Result<()> {
+    const BATCH: usize = 1000;
+    const BACKLOG: u64 = 20_000;
+    while clock.running() {
+        let backlog = workset.created.load(Ordering::Relaxed)
+            - workset
+                .completed
+                .load(Ordering::Relaxed)
+                .min(workset.created.load(Ordering::Relaxed));
+        if backlog >= BACKLOG {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        }
+        let jobs = (0..BATCH)
+            .map(|_| proto::CreateJobRequest {
+                r#type: workset.work_type.clone(),
+                params: Some(json_to_struct(&serde_json::json!({"bench": true}))),
+                ..Default::default()
+            })
+            .collect();
+        client
+            .create_jobs(proto::CreateJobsRequest { jobs })
+            .await
+            .context("creating jobs for the work workload")?;
+        workset.created.fetch_add(BATCH as u64, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
 /// At `at`: the CPU seconds this process and the server (if its pid is known) used so
 /// far; the server's peak RSS is reset, so the next reading is the window's peak.
 async fn usage_at(at: Instant, server_pid: Option<u32>) -> (f64, Option<f64>) {
@@ -340,6 +412,8 @@ struct Caller {
     workset: Arc<Workset>,
     key_prefix: String,
     batch_size: usize,
+    claim_batch: i32,
+    complete: Complete,
     rng: XorShift,
 }
 
@@ -362,6 +436,7 @@ impl Caller {
                     self.clock.call(&mut tally, call).await;
                 }
                 Workload::CreateBatch => self.create_batch(&mut tally, &key).await,
+                Workload::Work => self.work(&mut tally, &key).await,
                 Workload::Transition => {
                     let next = self.workset.queued.lock().expect("queue lock").pop();
                     let id = match next {
@@ -384,6 +459,88 @@ impl Caller {
             }
         }
         tally
+    }
+
+    /// One worker round: claim up to `claim_batch` jobs, complete them; counts the jobs
+    /// completed (the latency recorded is the whole round's).
+    async fn work(&mut self, tally: &mut Tally, key: &str) {
+        let claim = proto::ClaimJobsRequest {
+            types: vec![self.workset.work_type.clone()],
+            worker_id: key.to_owned(),
+            max_jobs: self.claim_batch,
+            wait: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let counted = self.clock.counts(started);
+        let jobs = match self.client.claim_jobs(claim).await {
+            Ok(r) => r.into_inner().jobs,
+            Err(status) => return tally.failed(&status, counted),
+        };
+        let done: Vec<proto::TransitionJobRequest> = jobs
+            .iter()
+            .filter_map(|c| c.job.as_ref())
+            .map(|job| proto::TransitionJobRequest {
+                job_id: job.id.clone(),
+                to_status: S::Succeeded as i32,
+                attempt: Some(job.attempt),
+                actor: key.to_owned(),
+                ..Default::default()
+            })
+            .collect();
+        let completed = self.complete(done, tally, counted).await;
+        self.workset
+            .completed
+            .fetch_add(completed as u64, Ordering::Relaxed);
+        if completed > 0 && counted {
+            let us = started.elapsed().as_micros() as u64;
+            tally.latency_us.saturating_record(us.max(1));
+            tally.requests += completed as u64;
+        }
+    }
+
+    /// Completes claimed jobs as --complete says; how many succeeded.
+    async fn complete(
+        &mut self,
+        done: Vec<proto::TransitionJobRequest>,
+        tally: &mut Tally,
+        counted: bool,
+    ) -> usize {
+        if done.is_empty() {
+            return 0;
+        }
+        match self.complete {
+            Complete::Batch => {
+                let call = self
+                    .client
+                    .transition_jobs(proto::TransitionJobsRequest { transitions: done });
+                match call.await {
+                    Ok(r) => r
+                        .into_inner()
+                        .results
+                        .iter()
+                        .filter(|r| r.error.is_none())
+                        .count(),
+                    Err(status) => {
+                        tally.failed(&status, counted);
+                        0
+                    }
+                }
+            }
+            Complete::One => {
+                let mut n = 0;
+                for request in done {
+                    match self.client.transition_job(request).await {
+                        Ok(_) => n += 1,
+                        Err(status) => tally.failed(&status, counted),
+                    }
+                }
+                n
+            }
+        }
     }
 
     /// One CreateJobs call of `batch_size` jobs; counts jobs, not calls.

@@ -52,6 +52,11 @@ pub enum Workload {
     Mixed,
     /// CreateJobs with --batch-size jobs per call (throughput counts jobs).
     CreateBatch,
+    /// Jobs worked end to end: a producer creates them with CreateJobs (1,000 per call);
+    /// each caller is a worker that claims --claim-batch at a time and completes them
+    /// (one TransitionJobs per claim, or one TransitionJob per job with --complete one).
+    /// Throughput counts jobs completed.
+    Work,
 }
 
 impl Workload {
@@ -63,8 +68,16 @@ impl Workload {
             Workload::Transition => "transition",
             Workload::Mixed => "mixed",
             Workload::CreateBatch => "create-batch",
+            Workload::Work => "work",
         }
     }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Complete {
+    Batch,
+    One,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -95,6 +108,13 @@ pub struct LoadArgs {
     /// Jobs per CreateJobs call (workload create-batch).
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
+    /// Jobs per ClaimJobs call (workload work).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(1..=100))]
+    pub claim_batch: i32,
+    /// How a worker completes what it claimed (workload work): `batch`, one TransitionJobs
+    /// call per claim; `one`, one TransitionJob per job.
+    #[arg(long, value_enum, default_value = "batch")]
+    pub complete: Complete,
     /// `table` (readable) or `json` (one object on stdout).
     #[arg(long, value_enum, default_value = "table")]
     pub output: Output,
