@@ -29,6 +29,8 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
 pub struct TestApp {
     pub addr: String,
     pub port: u16,
+    /// Where the HTTP/JSON API is served.
+    pub http_addr: std::net::SocketAddr,
     pub client: JobLedgerClient<Channel>,
     pub health: HealthClient<Channel>,
     /// A pool on the test database, for asserting rows.
@@ -80,6 +82,7 @@ pub async fn spawn_app_on(
     TestApp {
         addr: server.addr.clone(),
         port: server.port,
+        http_addr: server.http_addr.expect("the HTTP API is on in tests"),
         client: JobLedgerClient::new(channel.clone()),
         health: HealthClient::new(channel),
         db,
