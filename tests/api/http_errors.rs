@@ -269,3 +269,64 @@ async fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
         assert_eq!(reply.header("allow"), Some(allowed), "{method} {path}");
     }
 }
+
+#[tokio::test]
+async fn authentication_is_the_grpc_ports_401_403_and_the_tokens_org() {
+    use jobledger::server::config::AuthConfig;
+    const SECRET: &str = "a-shared-secret-of-at-least-32-bytes!";
+    let app = spawn_app_with(|c| c.auth = Some(AuthConfig::hs256(SECRET))).await;
+    let org = "2d3c4b5a-6f7e-4d8c-9b0a-1f2e3d4c5b6a";
+    let token = |org: &str| {
+        let claims = json!({"org_id": org, "exp": chrono::Utc::now().timestamp() + 3600});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let body = br#"{"type": "x"}"#.to_vec();
+    for path in ["/v1/jobs", "/jobs"] {
+        let reply = app.http_with("POST", path, &[], body.clone()).await;
+        assert_status(&reply, 401, 16, "MISSING_CREDENTIALS");
+        assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+        let reply = app
+            .http_with(
+                "POST",
+                path,
+                &[("authorization", "Bearer nope")],
+                body.clone(),
+            )
+            .await;
+        assert_status(&reply, 401, 16, "INVALID_TOKEN");
+    }
+    let bearer = format!("Bearer {}", token(org));
+    let auth = [("authorization", bearer.as_str())];
+    // The token's org is the caller's: named elsewhere, 403.
+    let other = "00000000-0000-0000-0000-0000000000aa";
+    let reply = app
+        .http_with(
+            "POST",
+            &format!("/v1/jobs?org_id={other}"),
+            &auth,
+            body.clone(),
+        )
+        .await;
+    assert_status(&reply, 403, 7, "ORG_MISMATCH");
+    let reply = app.http_with("POST", "/v1/jobs", &auth, body.clone()).await;
+    assert_eq!(reply.status, 200, "{}", reply.json());
+    let job = reply.json()["job"].clone();
+    assert_eq!(job["orgId"], org);
+    let id = job["id"].as_str().unwrap();
+    let reply = app
+        .http_with("GET", &format!("/jobs/{id}"), &auth, Vec::new())
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.json());
+    // Streams too.
+    let reply = app
+        .http_with("GET", &format!("/v1/jobs/{id}/events"), &[], Vec::new())
+        .await;
+    assert_status(&reply, 401, 16, "MISSING_CREDENTIALS");
+    // The OpenAPI document is open, as health and reflection are over gRPC.
+    assert_eq!(app.http("GET", "/openapi.json", "").await.status, 200);
+}
