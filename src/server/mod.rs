@@ -172,7 +172,10 @@ impl Application {
         }
         let server_stop = stop.clone();
         let serve = server
-            // Outermost: metrics and the call's span record the status the client gets.
+            // gRPC-Web calls become gRPC calls before anything else sees them, so every
+            // layer below (and the metrics) treats them as what they are.
+            .layer(tonic_web::GrpcWebLayer::new())
+            // Then: metrics and the call's span record the status the client gets.
             .layer(CallObserverLayer::new(&self.metrics))
             .layer(tower::util::MapResponseLayer::new(
                 status::client_errors_are_not_internal,

@@ -14,6 +14,7 @@ mod errors;
 mod faults;
 mod get;
 mod group_commit;
+mod grpc_web;
 mod health;
 mod http;
 mod http_errors;
