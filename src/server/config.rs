@@ -216,6 +216,9 @@ pub enum HttpAddr {
     /// The default address, best effort like the metrics port's: taken (a second server
     /// on one machine), it only logs a warning.
     Default,
+    /// This address if it is free, else any free port of its IP (`jobledger dev`, which
+    /// prints the one it got).
+    Preferred(SocketAddr),
 }
 
 /// The address `HttpAddr::Default` stands for (spec §8).

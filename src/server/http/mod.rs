@@ -47,6 +47,12 @@ pub(crate) async fn bind(setting: HttpAddr) -> anyhow::Result<Option<TcpListener
         HttpAddr::At(addr) => TcpListener::bind(addr).await.map(Some).with_context(|| {
             format!("binding the HTTP address {addr} (--http-addr / JOBLEDGER_HTTP_ADDR; `off` serves no HTTP API)")
         }),
+        HttpAddr::Preferred(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Ok(Some(listener)),
+            Err(_) => Ok(Some(TcpListener::bind((addr.ip(), 0)).await.with_context(
+                || format!("binding the HTTP address {} on any port", addr.ip()),
+            )?)),
+        },
         HttpAddr::Default => {
             let addr: SocketAddr = DEFAULT_HTTP_ADDR.parse()?;
             match TcpListener::bind(addr).await {
