@@ -97,7 +97,16 @@ fn json_error(path: &serde_path_to_error::Path, error: serde_json::Error) -> Jso
     }
     JsonError::Field {
         field: path,
-        description: message,
+        // The field is named: where it was in the body adds nothing.
+        description: without_position(&message).to_owned(),
+    }
+}
+
+/// serde_json's message without its " at line 1 column 40".
+fn without_position(message: &str) -> &str {
+    match message.rfind(" at line ") {
+        Some(at) if message[at..].contains(" column ") => &message[..at],
+        _ => message,
     }
 }
 
@@ -166,7 +175,10 @@ mod tests {
         );
         let batch = message("jobledger.v1.CreateJobsRequest").unwrap();
         match from_json(&batch, br#"{"jobs": [{}, {"priority": "high"}]}"#) {
-            Err(JsonError::Field { field, .. }) => assert_eq!(field, "jobs[1].priority"),
+            Err(JsonError::Field { field, description }) => {
+                assert_eq!(field, "jobs[1].priority");
+                assert!(!description.contains("line 1"), "{description}");
+            }
             other => panic!("{other:?}"),
         }
         match from_json(&batch, br#"{"jobs": [{"nope": 1}]}"#) {
