@@ -4,7 +4,7 @@
 //! whole messages (`reflect`, for the HTTP API).
 
 pub mod json;
-pub mod reflect;
+pub(crate) mod reflect;
 
 mod generated {
     #![allow(clippy::all)]

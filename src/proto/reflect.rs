@@ -19,18 +19,18 @@ static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
 });
 
 /// Every message, enum and service of the contract and of the error details.
-pub fn pool() -> &'static DescriptorPool {
+pub(crate) fn pool() -> &'static DescriptorPool {
     &POOL
 }
 
 /// The message type named `full_name` (`jobledger.v1.Job`, `google.rpc.Status`).
-pub fn message(full_name: &str) -> Option<MessageDescriptor> {
+pub(crate) fn message(full_name: &str) -> Option<MessageDescriptor> {
     POOL.get_message_by_name(full_name)
 }
 
 /// Why a JSON document is not a message of the expected type.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JsonError {
+pub(crate) enum JsonError {
     /// Not JSON at all (or truncated): no field to name.
     Syntax(String),
     /// A field's value (or an unknown field): the field's path as the client wrote it
@@ -49,7 +49,10 @@ fn serialize_options() -> SerializeOptions {
 
 /// Reads a JSON document as a message of type `desc`. Field names may be the proto
 /// names or their lowerCamelCase JSON names; unknown fields are refused, naming them.
-pub fn from_json(desc: &MessageDescriptor, json: &[u8]) -> Result<DynamicMessage, JsonError> {
+pub(crate) fn from_json(
+    desc: &MessageDescriptor,
+    json: &[u8],
+) -> Result<DynamicMessage, JsonError> {
     let mut de = serde_json::Deserializer::from_slice(json);
     let mut track = serde_path_to_error::Track::new();
     let read = DynamicMessage::deserialize_with_options(
@@ -117,13 +120,13 @@ fn unknown_field(message: &str) -> Option<&str> {
 }
 
 /// A message, as protobuf bytes of type `desc`, printed as JSON.
-pub fn to_json(desc: &MessageDescriptor, bytes: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn to_json(desc: &MessageDescriptor, bytes: &[u8]) -> Result<Vec<u8>, String> {
     let message = DynamicMessage::decode(desc.clone(), bytes).map_err(|e| e.to_string())?;
     message_to_json(&message)
 }
 
 /// A message printed as JSON.
-pub fn message_to_json(message: &DynamicMessage) -> Result<Vec<u8>, String> {
+pub(crate) fn message_to_json(message: &DynamicMessage) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let mut serializer = serde_json::Serializer::with_formatter(&mut out, IntegralDoubles);
     message

@@ -116,8 +116,10 @@ impl Store {
         &self,
         timeout: Duration,
     ) -> Result<Transaction<'static, Postgres>, LedgerError> {
-        // statement_timeout is in whole milliseconds; 0 would mean "no timeout".
-        let ms = timeout.as_millis().max(1);
+        // statement_timeout is in whole milliseconds; 0 would mean "no timeout". Rounded
+        // up: rounded down, PostgreSQL could cancel a statement just before the caller's
+        // deadline, and the call would report UNAVAILABLE instead of DEADLINE_EXCEEDED.
+        let ms = timeout.as_nanos().div_ceil(1_000_000).max(1);
         Ok(self
             .pool
             .begin_with(format!("BEGIN; SET LOCAL statement_timeout = {ms}"))
