@@ -380,3 +380,24 @@ async fn a_deadline_by_query_or_header_ends_the_call_with_504() {
         .await;
     assert_eq!(bad.violated_fields(), ["grpc-timeout"]);
 }
+
+#[tokio::test]
+async fn the_api_speaks_http2_too() {
+    use http_body_util::BodyExt;
+    let app = spawn_app().await;
+    // HTTP/2 with prior knowledge (h2c), as `curl --http2-prior-knowledge` does.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let request = http::Request::post(format!("http://{}/v1/jobs", app.http_addr))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"type": "h2"}"#,
+        )))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["job"]["type"], "h2");
+}

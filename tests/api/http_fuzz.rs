@@ -1,7 +1,8 @@
 //! The HTTP API's JSON decoding under random input (proptest): random JSON bodies, built
 //! from the contract's field names and every kind of JSON value, and random bytes, sent
 //! to every POST route, never get a 5xx — only the RPC's answer or a google.rpc.Status
-//! of the client's mistake. And the OpenAPI document it serves is valid OpenAPI 3
+//! of the client's mistake; random query strings to every GET route neither. And the
+//! OpenAPI document it serves is valid OpenAPI 3
 //! (openapi-spec-validator, scripts/validate-openapi.sh).
 
 use std::process::Command;
@@ -144,6 +145,84 @@ async fn random_bodies_to_every_post_route_never_get_a_5xx() {
         seen.contains_key(&200) && seen.contains_key(&400),
         "{seen:?}"
     );
+}
+
+/// A query string of parameters named after request fields (and not), with random
+/// values, percent-encoded.
+fn query() -> impl Strategy<Value = String> {
+    let value = prop_oneof![
+        "\\PC{0,20}",
+        Just("queued".to_owned()),
+        Just("JOB_STATUS_FAILED".to_owned()),
+        Just("-1".to_owned()),
+        Just("99999999999".to_owned()),
+        Just("2026-05-01T00:00:00Z".to_owned()),
+        Just("".to_owned()),
+    ];
+    let key = prop::sample::select(vec![
+        "statuses",
+        "type",
+        "page_size",
+        "pageSize",
+        "page_token",
+        "created_after",
+        "createdBefore",
+        "idempotency_key",
+        "org_id",
+        "after_cursor",
+        "history_only",
+        "timeout",
+        "job_id",
+        "nope",
+    ]);
+    prop::collection::vec((key, value), 0..6).prop_map(|pairs| {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in pairs {
+            query.append_pair(k, &v);
+        }
+        query.finish()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_query_strings_to_every_get_route_never_get_a_5xx() {
+    let app = spawn_app().await;
+    let job = app.create("fuzz").await;
+    // Streams: history only, so each answer ends (a job's stream ends at its final
+    // status; the org's would follow live for ever).
+    app.transition(&job.id, jobledger::proto::JobStatus::Canceled)
+        .await
+        .unwrap();
+    let paths = [
+        "/v1/jobs".to_owned(),
+        "/v1/jobs:count".to_owned(),
+        format!("/v1/jobs/{}", job.id),
+        format!("/v1/jobs/{}/events", job.id),
+        format!("/jobs/{}", job.id),
+    ];
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 200,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let handle = tokio::runtime::Handle::current();
+    let result = runner.run(
+        &(prop::sample::select(paths.to_vec()), query()),
+        |(path, query)| {
+            let target = format!("{path}?{query}");
+            let reply = tokio::task::block_in_place(|| {
+                handle.block_on(app.http_with("GET", &target, &[], Vec::new()))
+            });
+            prop_assert!(
+                reply.status < 500,
+                "GET {target} -> {} {}",
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            );
+            Ok(())
+        },
+    );
+    result.unwrap();
 }
 
 fn validate(file: &std::path::Path) -> std::process::Output {
