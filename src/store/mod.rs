@@ -197,6 +197,10 @@ pub(crate) fn past_deadline<T>(
 /// migrations. Safe when several replicas start at once: a lost creation race is
 /// not an error, and sqlx serializes migrators with an advisory lock.
 pub async fn prepare_database(options: &PgConnectOptions) -> anyhow::Result<()> {
+    // Not bound by the requests' statement timeout (`tune_options`): creating the
+    // database and migrating a large table take longer than a request may, and start-up
+    // has its own bound (--startup-timeout-ms). A later `-c` wins over an earlier one.
+    let options = &options.clone().options([("statement_timeout", "0")]);
     create_database_if_missing(options).await?;
     // A one-connection pool rather than a bare connection: `Migrator::run` on a pool
     // gives a `Send` future, so start-up can run on any task.
