@@ -23,8 +23,9 @@ COPY --from=build /usr/local/bin/jobledger /usr/local/bin/jobledger
 USER 10001:10001
 ENV JOBLEDGER_LISTEN_ADDR=0.0.0.0:50051 \
     JOBLEDGER_LOG_FORMAT=json
-# 50051: gRPC (JobLedger, health, reflection); 9090: Prometheus /metrics.
-EXPOSE 50051 9090
+# 50051: gRPC (JobLedger, health, reflection, gRPC-Web); 9090: Prometheus /metrics;
+# 8080: the HTTP/JSON API (docs/http.md).
+EXPOSE 50051 9090 8080
 # Readiness of the whole server (database reachable); Kubernetes uses its own gRPC probes.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["jobledger", "health", "--addr", "http://127.0.0.1:50051"]

@@ -5,7 +5,7 @@
 //! | layer | module | what it does |
 //! |---|---|---|
 //! | wire | [`proto`] | the generated `jobledger.v1` types, method list, code names, JSON ⇄ Struct |
-//! | server | [`server`] | settings, start-up and shutdown, the middleware (auth, load shedding, metrics, traces), health |
+//! | server | [`server`] | settings, start-up and shutdown, the middleware (auth, load shedding, metrics, traces), health, the HTTP/JSON API (`server/http/`) |
 //! | service | [`server::service`] | the `JobLedger` RPCs: wire in, ledger calls, wire out; [`server::status`] builds every gRPC status |
 //! | domain | [`ledger`] | jobs, events, the state machine as a table, input rules, the one error type — no tonic, no SQL |
 //! | storage | [`store`] | PostgreSQL: every statement (`store/queries/*.sql`), transactions, group commit |

@@ -1,8 +1,10 @@
 //! The wire: the generated `jobledger.v1` types, client and server, and what every
 //! side of the wire shares: the services' method list read from the descriptors, gRPC
-//! status code names, and JSON ⇄ `google.protobuf.Struct`.
+//! status code names, JSON ⇄ `google.protobuf.Struct`, and the proto3 JSON mapping of
+//! whole messages (`reflect`, for the HTTP API).
 
 pub mod json;
+pub(crate) mod reflect;
 
 mod generated {
     #![allow(clippy::all)]

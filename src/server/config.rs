@@ -46,6 +46,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     pub connections: ConnectionConfig,
     pub metrics: MetricsConfig,
+    /// The HTTP/JSON API (spec §8, docs/http.md).
+    pub http: HttpConfig,
 }
 
 /// Group commit: `writers` tasks each write whatever concurrent calls queued, at most
@@ -211,6 +213,40 @@ impl Default for MetricsConfig {
     }
 }
 
+/// Where the HTTP/JSON API is served (`--http-addr`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpAddr {
+    Off,
+    /// This address: start-up fails if it cannot be bound.
+    At(SocketAddr),
+    /// The default address, best effort like the metrics port's: taken (a second server
+    /// on one machine), it only logs a warning.
+    Default,
+    /// This address if it is free, else any free port of its IP (`jobledger dev`, which
+    /// prints the one it got).
+    Preferred(SocketAddr),
+}
+
+/// The address `HttpAddr::Default` stands for (spec §8).
+pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    pub addr: HttpAddr,
+    /// How often an idle Server-Sent Events stream gets a comment line, so proxies and
+    /// load balancers that cut silent connections keep it open.
+    pub sse_heartbeat: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: HttpAddr::Default,
+            sse_heartbeat: Duration::from_secs(15),
+        }
+    }
+}
+
 /// The defaults of the spec (§6), for a database at `database`.
 impl Config {
     pub fn new(database: PgConnectOptions) -> Config {
@@ -234,16 +270,19 @@ impl Config {
             tls: None,
             connections: ConnectionConfig::default(),
             metrics: MetricsConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 
     /// A server for tests and embedding: the database at `database_url`, listening on a
-    /// free port of 127.0.0.1, metrics on a free port of 127.0.0.1 (so that servers side
-    /// by side do not contend for the default ports), everything else at its default.
+    /// free port of 127.0.0.1, metrics and the HTTP API each on a free port of 127.0.0.1
+    /// (so that servers side by side do not contend for the default ports), everything
+    /// else at its default.
     pub fn for_database(database_url: &str) -> anyhow::Result<Config> {
         let mut config = Config::new(crate::store::connect_options(Some(database_url))?);
         config.listen_addr = ([127, 0, 0, 1], 0).into();
         config.metrics.addr = MetricsAddr::At(([127, 0, 0, 1], 0).into());
+        config.http.addr = HttpAddr::At(([127, 0, 0, 1], 0).into());
         Ok(config)
     }
 

@@ -1,11 +1,13 @@
-//! The server: a typed [`Config`] in, a listening gRPC server out.
-//! [`Application::build`] prepares the database and binds the port (so tests learn it
-//! before serving); [`Application::run_until_stopped`] serves until the shutdown future
-//! resolves, then drains (docs/architecture.md: the shutdown sequence).
+//! The server: a typed [`Config`] in, a listening gRPC server out (and the HTTP/JSON API
+//! beside it, `http`). [`Application::build`] prepares the database and binds the ports
+//! (so tests learn them before serving); [`Application::run_until_stopped`] serves until
+//! the shutdown future resolves, then drains (docs/architecture.md: the shutdown
+//! sequence).
 
 mod auth;
 pub mod config;
 mod health;
+mod http;
 mod metrics;
 mod middleware;
 pub mod service;
@@ -46,6 +48,8 @@ pub struct Application {
     metrics: Metrics,
     metrics_listener: Option<TcpListener>,
     metrics_addr: Option<SocketAddr>,
+    http_listener: Option<TcpListener>,
+    http_addr: Option<SocketAddr>,
 }
 
 impl Application {
@@ -78,10 +82,9 @@ impl Application {
         }
         // The metrics port too: one given explicitly that cannot be bound stops start-up.
         let metrics_listener = metrics::bind(config.metrics.addr).await?;
-        let metrics_addr = match &metrics_listener {
-            Some(listener) => Some(listener.local_addr()?),
-            None => None,
-        };
+        let metrics_addr = local_addr(&metrics_listener)?;
+        let http_listener = http::bind(config.http.addr).await?;
+        let http_addr = local_addr(&http_listener)?;
         let metrics = Metrics::new(config.metrics.max_job_types);
         prepare_with_retry(&config).await?;
         let store = Store::connect_lazy(
@@ -106,7 +109,14 @@ impl Application {
             metrics,
             metrics_listener,
             metrics_addr,
+            http_listener,
+            http_addr,
         })
+    }
+
+    /// Where the HTTP/JSON API is served (None: off).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Where `GET /metrics` is served (None: metrics off).
@@ -136,7 +146,10 @@ impl Application {
         let ledger =
             JobLedgerServer::new(service).max_decoding_message_size(self.config.max_request_bytes);
         // Only the JobLedger service checks tokens: health and reflection stay open.
-        let ledger = InterceptedService::new(ledger, AuthInterceptor::new(self.auth));
+        let ledger = InterceptedService::new(ledger, AuthInterceptor::new(self.auth.take()));
+        // One cap for both ports: an HTTP call takes a slot as a gRPC call does.
+        let inflight = InflightLimit::new(self.config.connections.max_inflight_requests)?;
+        let http = self.start_http(ledger.clone(), inflight.clone(), &stop);
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -155,14 +168,15 @@ impl Application {
         }
         let server_stop = stop.clone();
         let serve = server
-            // Outermost: metrics and the call's span record the status the client gets.
+            // gRPC-Web calls become gRPC calls before anything else sees them, so every
+            // layer below (and the metrics) treats them as what they are.
+            .layer(tonic_web::GrpcWebLayer::new())
+            // Then: metrics and the call's span record the status the client gets.
             .layer(CallObserverLayer::new(&self.metrics))
             .layer(tower::util::MapResponseLayer::new(
                 status::client_errors_are_not_internal,
             ))
-            .layer(InflightLimit::new(
-                self.config.connections.max_inflight_requests,
-            )?)
+            .layer(inflight)
             .add_service(health_service)
             .add_service(ledger)
             .add_optional_service(reflection_v1)
@@ -171,10 +185,38 @@ impl Application {
                 server_stop.cancelled().await
             });
         tracing::info!(addr = %self.local_addr, "serving");
-        drain(serve, shutdown, &stop, self.config.drain_timeout).await?;
+        drain(serve, http, shutdown, &stop, self.config.drain_timeout).await?;
         background.finish().await;
         self.store.close().await;
         Ok(())
+    }
+
+    /// Serves the HTTP/JSON API (if it has a port) until `stop`: its calls go through the
+    /// same stack as the gRPC port's (`http::channel`), sharing the in-flight cap.
+    fn start_http(
+        &mut self,
+        ledger: Ledger,
+        inflight: InflightLimit,
+        stop: &CancellationToken,
+    ) -> Option<JoinHandle<()>> {
+        let listener = self.http_listener.take()?;
+        let stack = tower::ServiceBuilder::new()
+            .map_response(|response: ::http::Response<_>| response.map(tonic::body::Body::new))
+            .layer(CallObserverLayer::new(&self.metrics))
+            .layer(tower::util::MapResponseLayer::new(
+                status::client_errors_are_not_internal,
+            ))
+            .layer(inflight)
+            // As tonic's router does: one body type under the layers.
+            .map_response(|response: ::http::Response<_>| response.map(tonic::body::Body::new))
+            .service(ledger);
+        let api = http::HttpApi::new(
+            tower::util::BoxCloneSyncService::new(stack),
+            self.metrics.clone(),
+            self.config.max_request_bytes,
+            self.config.http.clone(),
+        );
+        Some(tokio::spawn(http::serve(listener, api, stop.clone())))
     }
 
     /// The health probe, the event feed's announcer and listener (all stopped by
@@ -242,6 +284,14 @@ impl Application {
     }
 }
 
+/// Where a side port (metrics, HTTP) listens, if it does.
+fn local_addr(listener: &Option<TcpListener>) -> std::io::Result<Option<SocketAddr>> {
+    listener.as_ref().map(TcpListener::local_addr).transpose()
+}
+
+/// The JobLedger service as both ports serve it: behind the authentication interceptor.
+type Ledger = InterceptedService<JobLedgerServer<LedgerService>, AuthInterceptor>;
+
 /// What runs beside the gRPC server.
 struct Background {
     feed: Feed,
@@ -306,31 +356,48 @@ fn ledger_service(
 }
 
 /// Serves until the server fails or `shutdown` resolves; then cancels `stop` (health
-/// NOT_SERVING, streams end, no new calls) and gives in-flight calls the drain timeout.
+/// NOT_SERVING, streams end, no new calls or HTTP connections) and gives in-flight calls
+/// of both ports the drain timeout.
 async fn drain(
     serve: impl Future<Output = Result<(), tonic::transport::Error>>,
+    mut http: Option<JoinHandle<()>>,
     shutdown: impl Future<Output = ()>,
     stop: &CancellationToken,
     drain_timeout: std::time::Duration,
 ) -> anyhow::Result<()> {
     tokio::pin!(serve);
-    tokio::select! {
+    let result = tokio::select! {
         result = &mut serve => {
             stop.cancel();
-            result.context("gRPC server failed")?;
+            result.context("gRPC server failed")
         }
         _ = shutdown => {
             tracing::info!(?drain_timeout, "shutting down: draining calls");
             let started = Instant::now();
             stop.cancel();
-            match tokio::time::timeout(drain_timeout, &mut serve).await {
-                Ok(result) => result.context("gRPC server failed while draining")?,
-                Err(_) => tracing::warn!("drain timeout reached; closing remaining calls"),
-            }
+            let http_drained = async {
+                if let Some(task) = &mut http {
+                    task.await.ok();
+                }
+            };
+            let drained = tokio::time::timeout(drain_timeout, async {
+                tokio::join!(&mut serve, http_drained).0
+            });
+            let result = match drained.await {
+                Ok(result) => result.context("gRPC server failed while draining"),
+                Err(_) => {
+                    tracing::warn!("drain timeout reached; closing remaining calls");
+                    Ok(())
+                }
+            };
             tracing::info!(elapsed = ?started.elapsed(), "drained");
+            result
         }
+    };
+    if let Some(task) = http {
+        task.abort();
     }
-    Ok(())
+    result
 }
 
 async fn prepare_with_retry(config: &Config) -> anyhow::Result<()> {

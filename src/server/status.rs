@@ -1,7 +1,11 @@
 //! Every gRPC status the server sends is built here: the ledger's errors, the refusals
-//! of authentication and load shedding, and the answers tonic gives by itself to
-//! malformed calls. Every status carries an ErrorInfo (domain `jobledger`, an
-//! UPPER_SNAKE reason); messages never contain SQL.
+//! of authentication and load shedding, the answers tonic gives by itself to
+//! malformed calls, and the HTTP API's own refusals (a body that is not JSON or too
+//! large, an unknown route or method). Every status carries an ErrorInfo (domain
+//! `jobledger`, an UPPER_SNAKE reason); messages never contain SQL. [`json`] turns a
+//! status into the HTTP API's answer: the mapped HTTP status and a google.rpc.Status body.
+
+pub(crate) mod json;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -247,6 +251,74 @@ pub fn too_many_requests(limit: usize) -> Status {
         meta([("limit", limit.to_string())]),
         details,
     )
+}
+
+/// The ErrorInfo reason of a body over `--max-request-bytes` (HTTP 413, not 429).
+pub const REQUEST_TOO_LARGE: &str = "REQUEST_TOO_LARGE";
+/// The ErrorInfo reason of a known path asked with another method (HTTP 405).
+pub const METHOD_NOT_ALLOWED: &str = "METHOD_NOT_ALLOWED";
+
+/// An HTTP request body that is not JSON (or not all of it).
+pub fn malformed_json(description: &str) -> Status {
+    status_with(
+        Code::InvalidArgument,
+        format!("the body is not valid JSON: {description}"),
+        "MALFORMED_JSON",
+        HashMap::new(),
+        ErrorDetails::new(),
+    )
+}
+
+/// An HTTP request body larger than `--max-request-bytes`.
+pub fn body_too_large(limit: usize) -> Status {
+    status_with(
+        Code::ResourceExhausted,
+        format!("the request body is larger than the limit of {limit} bytes (--max-request-bytes)"),
+        REQUEST_TOO_LARGE,
+        meta([("limit", limit.to_string())]),
+        ErrorDetails::new(),
+    )
+}
+
+/// A path the HTTP API does not have.
+pub fn route_not_found(path: &str) -> Status {
+    status_with(
+        Code::NotFound,
+        format!("no route {path} (GET /openapi.json lists them)"),
+        "ROUTE_NOT_FOUND",
+        HashMap::new(),
+        ErrorDetails::new(),
+    )
+}
+
+/// A path of the HTTP API asked with a method it does not take; `allowed` lists the
+/// ones it does (`GET, POST`), which the answer's `Allow` header repeats.
+pub fn method_not_allowed(method: &str, path: &str, allowed: &str) -> Status {
+    status_with(
+        Code::Unimplemented,
+        format!("{path} does not take {method}; it takes {allowed}"),
+        METHOD_NOT_ALLOWED,
+        meta([("allowed", allowed.to_owned())]),
+        ErrorDetails::new(),
+    )
+}
+
+/// The caller's deadline (`grpc-timeout`, `?timeout=`) passed before the answer.
+pub fn deadline_exceeded() -> Status {
+    Status::from(LedgerError::DeadlineExceeded)
+}
+
+/// A bad value of an HTTP request: a query parameter, a path segment, a header.
+pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
+    Status::from(LedgerError::invalid(field, description))
+}
+
+/// What cannot happen: the in-process call failed outside any status, or a response of
+/// the service did not print as JSON. Logged; the client sees INTERNAL (a bug).
+pub fn http_bug(what: &str) -> Status {
+    Status::from(LedgerError::Internal {
+        cause: what.to_owned(),
+    })
 }
 
 /// tonic answers some client mistakes itself, before any handler runs: a body that is

@@ -153,9 +153,14 @@ impl Store {
         if timeout.is_none() && settings.is_empty() {
             return Ok(self.pool.begin().await?);
         }
-        // statement_timeout is in whole milliseconds; 0 would mean "no timeout".
+        // statement_timeout is in whole milliseconds; 0 would mean "no timeout". Rounded
+        // up: rounded down, PostgreSQL could cancel a statement just before the caller's
+        // deadline, and the call would report UNAVAILABLE instead of DEADLINE_EXCEEDED.
         let timeout = timeout
-            .map(|t| format!("; SET LOCAL statement_timeout = {}", t.as_millis().max(1)))
+            .map(|t| {
+                let ms = t.as_nanos().div_ceil(1_000_000).max(1);
+                format!("; SET LOCAL statement_timeout = {ms}")
+            })
             .unwrap_or_default();
         Ok(self
             .pool
@@ -240,6 +245,10 @@ pub(crate) fn past_deadline<T>(
 /// migrations. Safe when several replicas start at once: a lost creation race is
 /// not an error, and sqlx serializes migrators with an advisory lock.
 pub async fn prepare_database(options: &PgConnectOptions) -> anyhow::Result<()> {
+    // Not bound by the requests' statement timeout (`tune_options`): creating the
+    // database and migrating a large table take longer than a request may, and start-up
+    // has its own bound (--startup-timeout-ms). A later `-c` wins over an earlier one.
+    let options = &options.clone().options([("statement_timeout", "0")]);
     create_database_if_missing(options).await?;
     // A one-connection pool rather than a bare connection: `Migrator::run` on a pool
     // gives a `Send` future, so start-up can run on any task.

@@ -25,6 +25,8 @@ pub struct InProcessServer {
     pub port: u16,
     /// Where `GET /metrics` is served, if it is.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the HTTP/JSON API is served, if it is.
+    pub http_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -35,6 +37,7 @@ impl InProcessServer {
         let app = Application::build(config).await?;
         let port = app.port();
         let metrics_addr = app.metrics_addr();
+        let http_addr = app.http_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
             rx.await.ok();
@@ -43,6 +46,7 @@ impl InProcessServer {
             addr: format!("http://127.0.0.1:{port}"),
             port,
             metrics_addr,
+            http_addr,
             shutdown: Some(tx),
             task: Some(task),
         })
@@ -136,7 +140,8 @@ impl ServerCommand {
     }
 
     /// Starts the server on a free port and waits (up to 60 s) until it reports
-    /// SERVING. Unless given: a probe every 100 ms, a drain timeout of 3 s, RUST_LOG=warn.
+    /// SERVING. Unless given: a probe every 100 ms, a drain timeout of 3 s, no HTTP API
+    /// (servers side by side would contend for its default port), RUST_LOG=warn.
     pub async fn start(self) -> anyhow::Result<ServerProcess> {
         let port = crate::testkit::cluster::free_port()?;
         let mut command = self.command(port);
@@ -181,6 +186,7 @@ impl ServerCommand {
         for (flag, value) in [
             ("--probe-interval-ms", "100"),
             ("--drain-timeout-ms", "3000"),
+            ("--http-addr", "off"),
         ] {
             if !self.args.iter().any(|a| a == flag) {
                 command.args([flag, value]);

@@ -2,7 +2,7 @@
 //! from the installed PostgreSQL), owns and removes on exit — zero setup for trying the
 //! API on a laptop. With a configured database it uses that instead and creates nothing.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf};
+use std::{future::Future, path::PathBuf};
 
 use anyhow::Context;
 
@@ -36,7 +36,7 @@ pub async fn run(
             config.database.get_host(),
             config.database.get_port()
         );
-        print_banner(app.local_addr(), &database, None, &config);
+        print_banner(&app, &database, None, &config);
         return app.run_until_stopped(shutdown).await;
     };
     let mut shutdown = std::pin::pin!(shutdown);
@@ -97,12 +97,13 @@ async fn serve_on_cluster(
             "removed on exit; --keep keeps it"
         }
     );
-    print_banner(app.local_addr(), &database, Some(&url), &config);
+    print_banner(&app, &database, Some(&url), &config);
     app.run_until_stopped(shutdown).await
 }
 
 /// How to reach the server, on stdout (the logs may be JSON lines around it).
-fn print_banner(addr: SocketAddr, database: &str, psql_url: Option<&str>, config: &Config) {
+fn print_banner(app: &Application, database: &str, psql_url: Option<&str>, config: &Config) {
+    let addr = app.local_addr();
     let client_addr = match addr.ip() {
         ip if ip.is_unspecified() => format!("http://127.0.0.1:{}", addr.port()),
         _ => format!("http://{addr}"),
@@ -120,6 +121,11 @@ fn print_banner(addr: SocketAddr, database: &str, psql_url: Option<&str>, config
     );
     if let Some(url) = psql_url {
         text.push_str(&format!("  psql:              psql {url}\n"));
+    }
+    if let Some(http) = app.http_addr() {
+        text.push_str(&format!(
+            "  HTTP/JSON API:     http://{http} (curl http://{http}/v1/jobs; docs/http.md)\n"
+        ));
     }
     if config.auth.is_some() {
         text.push_str(

@@ -4,7 +4,10 @@
 use std::{future::Future, net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser};
-use jobledger::{server::config::MetricsAddr, tools::dev};
+use jobledger::{
+    server::config::{HttpAddr, MetricsAddr},
+    tools::dev,
+};
 
 use crate::{Cli, DatabaseArgs};
 
@@ -58,6 +61,11 @@ pub async fn run(args: DevArgs, shutdown: impl Future<Output = ()> + Send) -> an
     // Metrics on a free loopback port, so that a dev server next to another server does
     // not contend for the default port.
     config.metrics.addr = MetricsAddr::At(([127, 0, 0, 1], 0).into());
+    // The HTTP API on loopback: 8080 when it is free, else any free port (the banner
+    // says which); JOBLEDGER_HTTP_ADDR still decides when set.
+    if config.http.addr == HttpAddr::Default {
+        config.http.addr = HttpAddr::Preferred(([127, 0, 0, 1], 8080).into());
+    }
     let cluster = (!configured).then_some(dev::DevCluster {
         keep: args.keep,
         pg_bin_dir: args.pg_bin_dir,

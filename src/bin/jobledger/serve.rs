@@ -12,8 +12,8 @@ use jobledger::{
     ledger::Limits,
     server::{
         config::{
-            AuthConfig, ConnectionConfig, GroupCommitConfig, MetricsAddr, MetricsConfig, Secret,
-            TlsConfig,
+            AuthConfig, ConnectionConfig, GroupCommitConfig, HttpAddr, HttpConfig, MetricsAddr,
+            MetricsConfig, Secret, TlsConfig,
         },
         Application, Config,
     },
@@ -110,6 +110,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub metrics: MetricsArgs,
+
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 /// Work dispatch (docs/dispatch.md).
@@ -405,6 +408,55 @@ impl MetricsArgs {
     }
 }
 
+/// The HTTP/JSON API (docs/http.md).
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "HTTP/JSON API")]
+pub struct HttpArgs {
+    /// Address of the HTTP/JSON API (HTTP/1.1 and HTTP/2), or `off`. Default
+    /// 0.0.0.0:8080: left at the default, a port in use only logs a warning; an address
+    /// given here must bind, or start-up fails.
+    #[arg(
+        long = "http-addr",
+        env = "JOBLEDGER_HTTP_ADDR",
+        value_name = "ADDR|off"
+    )]
+    pub http_addr: Option<HttpAddrArg>,
+
+    /// How often an idle Server-Sent Events stream gets a heartbeat comment, in ms (so
+    /// proxies that cut silent connections keep it open).
+    #[arg(long = "http-sse-heartbeat-ms", env = "JOBLEDGER_HTTP_SSE_HEARTBEAT_MS",
+          default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub http_sse_heartbeat_ms: u64,
+}
+
+/// `--http-addr`: an address, or `off` (also an empty value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpAddrArg(HttpAddr);
+
+impl FromStr for HttpAddrArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<HttpAddrArg, String> {
+        let s = s.trim();
+        if s.is_empty() || s.eq_ignore_ascii_case("off") {
+            return Ok(HttpAddrArg(HttpAddr::Off));
+        }
+        s.parse()
+            .map(|addr| HttpAddrArg(HttpAddr::At(addr)))
+            .map_err(|_| {
+                format!("{s:?} is not an address like 0.0.0.0:8080 (or `off` to serve no HTTP API)")
+            })
+    }
+}
+
+impl HttpArgs {
+    fn config(&self) -> HttpConfig {
+        HttpConfig {
+            addr: self.http_addr.map_or(HttpAddr::Default, |a| a.0),
+            sse_heartbeat: Duration::from_millis(self.http_sse_heartbeat_ms),
+        }
+    }
+}
+
 impl ServeArgs {
     /// The server's configuration: the one place flags become settings.
     pub fn into_config(self) -> anyhow::Result<Config> {
@@ -436,6 +488,7 @@ impl ServeArgs {
             tls: self.tls.config(),
             connections: self.connections.config(),
             metrics: self.metrics.config(),
+            http: self.http.config(),
         })
     }
 }
@@ -506,6 +559,45 @@ mod tests {
         assert_eq!(defaults.addr, MetricsAddr::Default);
         assert_eq!(defaults.max_job_types, 50);
         assert_eq!(defaults.job_count_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn http_addr_is_an_address_or_off() {
+        let parse = |s: &str| s.parse::<HttpAddrArg>().map(|a| a.0);
+        assert_eq!(parse("off"), Ok(HttpAddr::Off));
+        assert_eq!(parse(" Off "), Ok(HttpAddr::Off));
+        assert_eq!(parse(""), Ok(HttpAddr::Off));
+        assert_eq!(
+            parse("127.0.0.1:8081"),
+            Ok(HttpAddr::At("127.0.0.1:8081".parse().unwrap()))
+        );
+        assert!(parse("localhost:8080").unwrap_err().contains("off"));
+        let defaults = serve(&["jobledger"]).http;
+        assert_eq!(defaults.addr, HttpAddr::Default);
+        assert_eq!(defaults.sse_heartbeat, Duration::from_secs(15));
+        let c = serve(&[
+            "jobledger",
+            "serve",
+            "--http-addr",
+            "off",
+            "--http-sse-heartbeat-ms",
+            "2500",
+        ])
+        .http;
+        assert_eq!(c.addr, HttpAddr::Off);
+        assert_eq!(c.sse_heartbeat, Duration::from_millis(2500));
+        assert!(Cli::try_parse_from(["jobledger", "--http-addr", "nowhere"]).is_err());
+        assert!(Cli::try_parse_from(["jobledger", "--http-sse-heartbeat-ms", "5"]).is_err());
+        let command = Cli::command();
+        for (id, variable) in [
+            ("http_addr", "JOBLEDGER_HTTP_ADDR"),
+            ("http_sse_heartbeat_ms", "JOBLEDGER_HTTP_SSE_HEARTBEAT_MS"),
+        ] {
+            let found = command.get_arguments().any(|a| {
+                a.get_id() == id && a.get_env().and_then(|v| v.to_str()) == Some(variable)
+            });
+            assert!(found, "{id} should read {variable}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Prometheus metrics: what the server counts, and `GET /metrics` on a port of its own
 //! (`--metrics-addr`). docs/metrics.md lists every metric with its labels.
 //!
-//! Calls are counted by the call observer around every gRPC service (`middleware`),
+//! Calls are counted by the call observer around every gRPC service (`middleware`), HTTP
+//! API requests by its handler (`server::http`),
 //! transitions by the TransitionJob handler, probes by the health probe loop. Job counts,
 //! open streams and pool connections are read when Prometheus scrapes; the job count is
 //! one query over the whole `job` table, so it is cached and bounded in time.
@@ -88,6 +89,15 @@ struct CallLabels {
     code: &'static str,
 }
 
+/// An HTTP API request: the route's method and path template (`other` for requests that
+/// matched no route), and the HTTP status of the answer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: &'static str,
+    route: &'static str,
+    status: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TransitionLabels {
     from: &'static str,
@@ -117,6 +127,8 @@ struct Inner {
     rpc_started: Family<MethodLabels, Counter>,
     rpc_requests: Family<CallLabels, Counter>,
     rpc_duration: Family<CallLabels, Histogram, fn() -> Histogram>,
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
     transitions: Family<TransitionLabels, Counter>,
     /// The job types that have a label of their own (at most `max_job_types`).
     job_types: Mutex<HashSet<String>>,
@@ -162,6 +174,22 @@ impl Metrics {
              (for a stream: its whole life)",
             Unit::Seconds,
             rpc_duration.clone(),
+        );
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP API requests answered, by route (method and path template; `other` when \
+             none matched) and HTTP status (a Server-Sent Events stream counts when it opens)",
+            http_requests.clone(),
+        );
+        let http_duration: Family<HttpLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time from an HTTP API request's arrival to its answer's headers, by route and \
+             HTTP status",
+            Unit::Seconds,
+            http_duration.clone(),
         );
         let transitions = Family::<TransitionLabels, Counter>::default();
         registry.register(
@@ -221,6 +249,8 @@ impl Metrics {
                 rpc_started,
                 rpc_requests,
                 rpc_duration,
+                http_requests,
+                http_duration,
                 transitions,
                 job_types: Mutex::new(HashSet::new()),
                 max_job_types,
@@ -336,6 +366,26 @@ impl Metrics {
         self.inner.rpc_requests.get_or_create(&labels).inc();
         self.inner
             .rpc_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records one answered HTTP API request.
+    pub(crate) fn http_request(
+        &self,
+        method: &'static str,
+        route: &'static str,
+        status: u16,
+        took: Duration,
+    ) {
+        let labels = HttpLabels {
+            method,
+            route,
+            status: status.to_string(),
+        };
+        self.inner.http_requests.get_or_create(&labels).inc();
+        self.inner
+            .http_duration
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
     }

@@ -15,7 +15,7 @@ pub(super) fn from_metadata(metadata: &MetadataMap) -> Option<Instant> {
 
 /// `grpc-timeout` is 1–8 ASCII digits and a unit: H, M, S, m (milli), u (micro), n (nano).
 /// Anything else is ignored (tonic itself refuses a malformed value before the handler).
-fn parse_timeout(value: &str) -> Option<Duration> {
+pub(crate) fn parse_timeout(value: &str) -> Option<Duration> {
     if value.len() < 2 || value.len() > 9 {
         return None;
     }

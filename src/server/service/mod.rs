@@ -3,7 +3,7 @@
 //! responses out. Errors become statuses in `server::status`.
 
 pub mod convert;
-mod deadline;
+pub(crate) mod deadline;
 mod dispatch;
 pub mod list;
 
