@@ -88,8 +88,10 @@ async fn compare_on(
                 .get_or_insert(rss_mib(server.pid(), "VmRSS:"));
             // GetJob over gRPC reads the same rows the pgbench script reads.
             target.get_ids = (1..=PGBENCH_JOBS).map(numbered_job_id).collect();
+            vacuum(&options).await?;
             let tps = pgbench(&args.pgbench, &options, scripts, &files, c, load)?;
             let tps = per_second_as_grpc_counts(w, tps, load);
+            vacuum(&options).await?;
             let grpc = measure(&target, w, c, load).await?;
             drop(target);
             drop(server);
@@ -244,6 +246,15 @@ async fn populate_for_pgbench(options: &PgConnectOptions) -> anyhow::Result<()> 
     .bind(PGBENCH_WORK_JOBS)
     .execute(&mut conn)
     .await?;
+    conn.close().await.ok();
+    vacuum(options).await
+}
+
+/// VACUUM ANALYZE of the tables both sides write, before each side's run: each starts
+/// from a table without the other's dead rows (the PostgreSQL here runs with autovacuum
+/// off, where they would pile up and slow whichever side runs second).
+async fn vacuum(options: &PgConnectOptions) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect_with(options).await?;
     conn.execute("VACUUM ANALYZE job, job_event").await?;
     conn.close().await.ok();
     Ok(())
