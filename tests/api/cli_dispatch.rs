@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::cli::{created_id, job, ok, run, Run};
-use crate::helpers::{spawn_app, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, TestApp, BIN};
 
 /// `jobledger queue <args> --addr <app>`.
 fn queue(app: &TestApp, args: &[&str]) -> Run {
@@ -157,4 +157,116 @@ async fn queue_pause_limit_and_resume_steer_claims_and_list_shows_them() {
     ]);
     assert_eq!(bad.code, Some(3), "{bad:?}");
     assert!(bad.err.contains("max_running"), "{bad:?}");
+}
+
+/// The race that bit River, with real processes: worker A (a shell running the CLI)
+/// claims under a 1 s lease and is stopped with SIGSTOP before it reports; the job is
+/// rescued and claimed by worker B; A is resumed and reports success for its attempt —
+/// refused (STALE_ATTEMPT, exit 3). The job ends SUCCEEDED once, by B, and the
+/// invariants hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_past_its_lease_reports_too_late_and_the_job_succeeds_once_by_the_next() {
+    use std::os::unix::process::CommandExt;
+    let app = spawn_app_with(|c| c.dispatch.rescue_interval = Duration::from_millis(100)).await;
+    let id = created_id(&ok(job(
+        &app,
+        &[
+            "create",
+            "--type",
+            "river-race",
+            "--initial-backoff-ms",
+            "100",
+        ],
+    )));
+    let dir = tempfile::tempdir().unwrap();
+    let (claimed, code) = (dir.path().join("claimed"), dir.path().join("code"));
+    let script = format!(
+        "{bin} job claim --addr {addr} --type river-race --worker A --lease-ms 1000 -o json > {claimed}.tmp \
+         && mv {claimed}.tmp {claimed}; sleep 1.5; \
+         {bin} job transition {id} --to succeeded --attempt 1 --addr {addr} 2> {code}.err; \
+         echo $? > {code}",
+        bin = BIN,
+        addr = app.addr,
+        claimed = claimed.display(),
+        code = code.display(),
+    );
+    let mut worker_a = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let group = worker_a.id().to_string();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !claimed.exists() {
+        assert!(Instant::now() < until, "worker A never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, "--", &format!("-{group}")])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let a_claim: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&claimed).unwrap()).unwrap();
+    assert_eq!(a_claim["jobs"][0]["job"]["id"], id.as_str());
+    assert_eq!(a_claim["jobs"][0]["job"]["attempt"], 1);
+
+    // Rescued when the lease runs out; B's waiting claim gets the retry once it is due.
+    let b = ok(job(
+        &app,
+        &[
+            "claim",
+            "--type",
+            "river-race",
+            "--worker",
+            "B",
+            "--wait-ms",
+            "10000",
+            "-o",
+            "json",
+        ],
+    ))
+    .json();
+    assert_eq!(b["jobs"][0]["job"]["id"], id.as_str(), "{b}");
+    assert_eq!(b["jobs"][0]["job"]["attempt"], 2, "{b}");
+
+    // A wakes up and reports success for attempt 1: refused, nothing written.
+    signal("-CONT");
+    let exited = tokio::task::spawn_blocking(move || worker_a.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exited.success());
+    let a_code = std::fs::read_to_string(&code).unwrap();
+    let a_err = std::fs::read_to_string(dir.path().join("code.err")).unwrap();
+    assert_eq!(a_code.trim(), "3", "{a_err}");
+    assert!(a_err.contains("STALE_ATTEMPT"), "{a_err}");
+
+    ok(job(
+        &app,
+        &["transition", &id, "--to", "succeeded", "--attempt", "2"],
+    ));
+    let events: Vec<(String, Option<String>, i32)> = sqlx::query_as(
+        "SELECT next_status, detail_json->>'actor', attempt FROM job_event
+         WHERE job_id = $1::uuid ORDER BY ts, seq",
+    )
+    .bind(&id)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let statuses: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(
+        statuses,
+        ["queued", "running", "failed", "running", "succeeded"],
+        "{events:?}"
+    );
+    assert_eq!(events[1].1.as_deref(), Some("A"));
+    assert_eq!(events[2].1.as_deref(), Some("jobledger"), "the rescue");
+    assert_eq!(events[3].1.as_deref(), Some("B"));
+    assert_eq!(events[4].2, 2, "succeeded by B's attempt");
+    let report = jobledger::tools::check::check(&app.db).await.unwrap();
+    assert!(report.ok, "{}", report.to_text());
 }
