@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Checks jobledger's health with grpcio-health-checking (grpc.health.v1.Health/Check),
-the protocol Kubernetes' gRPC probes speak.
+"""Checks jobledger's health (grpc.health.v1.Health/Check, the protocol Kubernetes'
+gRPC probes speak) with the library's `Client.health`.
 
 jobledger serves three names: "" and "jobledger.v1.JobLedger" (SERVING while its
 database answers) and "liveness" (SERVING while the process runs). Any other name is
@@ -21,45 +21,37 @@ import argparse
 import os
 import sys
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-DEFAULT_ADDR = "127.0.0.1:50051"
+from jobledger import Client, JobledgerError, Retries
+from jobledger.errors import DeadlineExceeded, Unavailable
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Checks each service; the exit status."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument(
         "--addr",
-        default=os.environ.get("JOBLEDGER_ADDR", DEFAULT_ADDR),
-        help=f"host:port or http://host:port (env JOBLEDGER_ADDR; default {DEFAULT_ADDR})",
+        default=os.environ.get("JOBLEDGER_ADDR", "127.0.0.1:50051"),
+        help="host:port or http://host:port (env JOBLEDGER_ADDR; default 127.0.0.1:50051)",
     )
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per check (default 5)")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per check")
     parser.add_argument(
-        "services",
-        nargs="*",
-        default=["", "liveness"],
-        help='service names to check (default: "" and liveness)',
+        "services", nargs="*", default=["", "liveness"], help='default: "" and liveness'
     )
     args = parser.parse_args()
-    target = args.addr.removeprefix("http://").rstrip("/")
 
     worst = 0
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
+    # A probe answers now: no repeats after UNAVAILABLE.
+    with Client(args.addr, timeout=args.timeout, retries=Retries(budget=0)) as client:
         for service in args.services:
             try:
-                response = health.Check(
-                    health_pb2.HealthCheckRequest(service=service), timeout=args.timeout
-                )
-            except grpc.RpcError as err:
-                print(f"{service!r} {err.code().name}: {err.details()}", flush=True)
-                unreachable = err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                status = client.health(service)
+            except JobledgerError as err:
+                print(f"{service!r} {err.code.name}: {err.message}", flush=True)
+                unreachable = isinstance(err, Unavailable | DeadlineExceeded)
                 worst = max(worst, 2 if unreachable else 3)
                 continue
-            status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
             print(f"{service!r} {status}", flush=True)
-            if response.status != health_pb2.HealthCheckResponse.SERVING:
+            if status != "SERVING":
                 worst = max(worst, 4)
     return worst
 
