@@ -254,8 +254,14 @@ impl Application {
             stop.clone(),
         );
         let metrics = self.metrics.clone();
+        // On a connection of its own: the rescuer never takes a request's connection or
+        // waits for one, and shows as `jobledger-rescuer` in pg_stat_activity.
         let rescuer = tokio::spawn(dispatch::rescue_loop(
-            self.store.clone(),
+            Store::single(
+                options.clone(),
+                "jobledger-rescuer",
+                self.config.statement_timeout,
+            ),
             feed.clone(),
             self.config.dispatch.rescue_interval,
             move |outcome| {

@@ -96,6 +96,19 @@ impl Store {
         }
     }
 
+    /// A store on one connection of its own, named `name` in `pg_stat_activity`: for a
+    /// background task, which then neither takes a request's connection nor waits for one.
+    pub(crate) fn single(
+        options: PgConnectOptions,
+        name: &str,
+        statement_timeout: Duration,
+    ) -> Store {
+        Store {
+            pool: single_connection_pool(options, name),
+            statement_timeout,
+        }
+    }
+
     /// Connections of the request pool now.
     pub(crate) fn pool_stats(&self) -> PoolStats {
         let open = self.pool.size() as usize;
