@@ -445,7 +445,7 @@ fn mypy_strict_and_ruff_pass_on_the_library_its_tests_and_the_examples() {
             .env("RUFF_CACHE_DIR", caches.join("ruff"));
         command
     };
-    // pyproject.toml names the files: the package, bench.py and examples/python.
+    // pyproject.toml names the files: the package, bench.py, tests/ and examples/python.
     let mypy = run(in_library("mypy").arg("--strict"));
     let said = String::from_utf8_lossy(&mypy.stdout);
     assert!(said.starts_with("Success: no issues found"), "{said}");

@@ -107,7 +107,7 @@ async def demo_errors(client: AsyncClient, first_key: str) -> None:
             MOCK_PROCESS, {"file": "uploads/something-else.csv"}, idempotency_key=first_key
         )
     except IdempotencyKeyReused as err:
-        log(f"refused same key, other params: {err} (the job: {err.job_id})")
+        log(f"refused same key, other params: {err}")  # err.job_id: the existing job
     try:
         await client.create("", max_attempts=-1)
     except InvalidArgument as err:

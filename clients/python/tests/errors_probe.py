@@ -61,7 +61,7 @@ def token(secret: str, org: str, expires_in: float) -> str:
 
 def raw_call(client: Client, method: str, body: bytes) -> None:
     """A call with a body the library would never send; its refusal as the library's class."""
-    call = client._channel.unary_unary(method)  # bytes in, bytes out
+    call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = client._channel.unary_unary(method)
     try:
         call(body, timeout=5)
     except grpc.RpcError as err:

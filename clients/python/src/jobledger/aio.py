@@ -324,6 +324,16 @@ class AsyncClient:
             finally:
                 call.cancel()
 
+    async def call_transition(
+        self, request: ledger_pb2.TransitionJobRequest, *, timeout: float | None = None
+    ) -> TransitionResult:
+        """TransitionJob with a request built by `jobledger.transition_request` (repeated
+        after UNAVAILABLE when it has a request_id)."""
+        response = await self._call(
+            self._stub.TransitionJob, request, idempotent=bool(request.request_id), timeout=timeout
+        )
+        return TransitionResult.from_proto(response)
+
     async def transition_many(
         self, requests: Sequence[ledger_pb2.TransitionJobRequest], *, timeout: float | None = None
     ) -> builtins.list[TransitionResult | JobledgerError]:

@@ -318,6 +318,16 @@ class Client:
             finally:
                 call.cancel()
 
+    def call_transition(
+        self, request: ledger_pb2.TransitionJobRequest, *, timeout: float | None = None
+    ) -> TransitionResult:
+        """TransitionJob with a request built by `jobledger.transition_request` (repeated
+        after UNAVAILABLE when it has a request_id)."""
+        response = self._call(
+            self._stub.TransitionJob, request, idempotent=bool(request.request_id), timeout=timeout
+        )
+        return TransitionResult.from_proto(response)
+
     def transition_many(
         self, requests: Sequence[ledger_pb2.TransitionJobRequest], *, timeout: float | None = None
     ) -> builtins.list[TransitionResult | JobledgerError]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from jobledger import _settings as s
-from jobledger._models import ClaimedJob, Job, JobStatus, Seconds, seconds
+from jobledger._models import ClaimedJob, Job, JobStatus, Seconds, TransitionResult, seconds
 from jobledger.aio import AsyncClient
 from jobledger.errors import (
     Aborted,
@@ -146,6 +146,8 @@ class JobContext(_ContextBase):
     def progress(self, stage: str = "", percent: int | None = None, **detail: Any) -> None:
         """Reports progress (RUNNING -> RUNNING with `stage`, `percent` 0..100 and
         `detail` on the event); extends the lease. Raises `JobLost` if the job is gone."""
+        if self.cancelled.is_set():
+            raise JobLost(self._held.lost or "the job is no longer this worker's")
         self._held.worker.from_thread(
             self._held.worker.report_progress(self._held, stage, percent, detail)
         )
@@ -278,6 +280,9 @@ class Worker:
         self._leaving: asyncio.Event | None = None
         self._slot_freed: asyncio.Event | None = None
         self._stop_requests = 0
+        # Final reports waiting for the next TransitionJobs call, and the task sending them.
+        self._completions: list[tuple[Any, asyncio.Future[TransitionResult]]] = []
+        self._completer: asyncio.Future[None] | None = None
 
     def handler(self, type: str) -> Callable[[H], H]:
         """Registers the decorated function as the handler of jobs of `type`: a plain
@@ -473,7 +478,10 @@ class Worker:
         error = held.handler.exception()
         try:
             if error is None:
-                await self._succeed(held, held.handler.result())
+                try:
+                    await self._succeed(held, held.handler.result())
+                except (TypeError, ValueError) as unstorable:  # a result that is not JSON
+                    await self._fail(held, unstorable)
             else:
                 await self._fail(held, error)
         except JobledgerError as err:
@@ -551,27 +559,59 @@ class Worker:
                 self.say(f"heartbeat of {held.key} failed ({err}); trying again")
 
     async def _transition(
-        self, held: _Held, step: str, to_status: JobStatus, **fields: Any
+        self, held: _Held, step: str, to_status: JobStatus, *, final: bool = False, **fields: Any
     ) -> Job | None:
         """One report of the attempt we hold (with `attempt`, never expected_status); the
-        job after it, or None when the ledger says we no longer hold it."""
+        job after it, or None when the ledger says we no longer hold it. A `final` report
+        (success, failure) goes with the others waiting in one TransitionJobs call."""
         assert self._client is not None
         job = held.claimed.job
+        request = s.transition_request(
+            job.org_id,
+            job.id,
+            to_status,
+            attempt=job.attempt,
+            actor=self.worker_id,
+            request_id=held.next_request_id(step),
+            **fields,
+        )
         try:
-            result = await self._client.transition(
-                job.id,
-                to_status,
-                attempt=job.attempt,
-                actor=self.worker_id,
-                request_id=held.next_request_id(step),
-                org_id=job.org_id,
-                **fields,
-            )
+            if final:
+                result = await self._complete(request)
+            else:
+                result = await self._client.call_transition(request)
         except (FailedPrecondition, Aborted, NotFound) as err:
             self._lose(held, f"{step} refused: {err}")
             return None
         held.last_extended = time.monotonic()
         return result.job
+
+    async def _complete(self, request: Any) -> TransitionResult:
+        """Sends a final report with the others that are waiting: while one TransitionJobs
+        call is on its way, the reports of jobs finishing meanwhile queue up for the next
+        (one call per job was the limit of a busy worker; docs in BENCHMARKS.md)."""
+        future: asyncio.Future[TransitionResult] = asyncio.get_running_loop().create_future()
+        self._completions.append((request, future))
+        if self._completer is None or self._completer.done():
+            self._completer = asyncio.ensure_future(self._send_completions())
+        return await future
+
+    async def _send_completions(self) -> None:
+        assert self._client is not None
+        while self._completions:
+            batch, self._completions = self._completions[:1000], self._completions[1000:]
+            outcomes: list[TransitionResult | JobledgerError]
+            try:
+                outcomes = await self._client.transition_many([r for r, _ in batch])
+            except JobledgerError as err:
+                outcomes = [err] * len(batch)
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, JobledgerError):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
 
     async def report_progress(
         self, held: _Held, stage: str, percent: int | None, detail: Mapping[str, Any]
@@ -593,7 +633,7 @@ class Worker:
     async def _succeed(self, held: _Held, value: Any) -> None:
         result = value if value is None or isinstance(value, Mapping) else {"value": value}
         job = await self._transition(
-            held, "succeed", JobStatus.SUCCEEDED, progress=100, result=result
+            held, "succeed", JobStatus.SUCCEEDED, final=True, progress=100, result=result
         )
         if job is None:
             self.stats.lost += 1
@@ -620,6 +660,7 @@ class Worker:
                 held,
                 "fail",
                 JobStatus.FAILED,
+                final=True,
                 error_code=str(code)[:100],
                 error_message=message,
                 retry_after=retry_after,
