@@ -20,6 +20,10 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use jobledger::testkit::{cluster::free_port, ScratchDb, ServerProcess};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, Row};
 use tonic::transport::Channel;
@@ -715,6 +719,120 @@ async fn every_exception_class_comes_from_a_real_server_error() {
     ] {
         assert_eq!(raised.get(class), Some(&reason), "{}", ran.output);
     }
+}
+
+/// A child process killed (and reaped) when the test ends, whichever way it ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A certificate signed by `issuer` for `sans` with `usage`: (certificate, key) as PEM.
+fn leaf(
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+    sans: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+) -> (String, String) {
+    let names = sans.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut params = CertificateParams::new(names).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "python-client-test");
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![usage];
+    params.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_speaks_tls_and_mutual_tls() {
+    let py = Py::new();
+    let db = ScratchDb::new();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "python-client-test CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let server_pem = leaf(
+        &ca,
+        &["127.0.0.1", "localhost"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let client_pem = leaf(&ca, &[], ExtendedKeyUsagePurpose::ClientAuth);
+    let dir = py.scratch.path();
+    let write = |name: &str, pem: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let ca_file = write("ca.pem", &ca.pem());
+    let (server_cert, server_key) = (
+        write("server.pem", &server_pem.0),
+        write("server.key", &server_pem.1),
+    );
+    let (client_cert, client_key) = (
+        write("client.pem", &client_pem.0),
+        write("client.key", &client_pem.1),
+    );
+    // testkit's ServerProcess checks health in plaintext: this one is started by hand,
+    // and the script waits for it over TLS.
+    let port = free_port().unwrap().to_string();
+    let server = Command::new(BIN)
+        .args(["serve", "--database-url", &db.url(), "--http-addr", "off"])
+        .args([
+            "--listen-addr",
+            &format!("127.0.0.1:{port}"),
+            "--pool-size",
+            "5",
+        ])
+        .args([
+            "--probe-interval-ms",
+            "100",
+            "--tls-cert-file",
+            &server_cert,
+        ])
+        .args([
+            "--tls-key-file",
+            &server_key,
+            "--tls-client-ca-file",
+            &ca_file,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("jobledger serve with TLS");
+    let _server = KillOnDrop(server);
+    let probe = py
+        .run(
+            "tls",
+            "clients/python/tests/tls_probe.py",
+            &[&port, &ca_file, &client_cert, &client_key],
+        )
+        .await;
+    assert_eq!(probe.code, Some(0), "{}", probe.output);
+    assert!(
+        probe.output.contains("ok mutual TLS: created "),
+        "{}",
+        probe.output
+    );
+    line(
+        &probe.output,
+        "ok refused without a client certificate: Unavailable",
+    );
+    line(&probe.output, "ok refused in plaintext: Unavailable");
 }
 
 // --- the worker under faults ------------------------------------------------------------
