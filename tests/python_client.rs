@@ -721,6 +721,17 @@ async fn every_exception_class_comes_from_a_real_server_error() {
     }
 }
 
+/// A job's row as a handler's outcome left it.
+#[derive(Debug, Clone)]
+struct Outcome {
+    status: String,
+    attempt: i32,
+    result: Option<Value>,
+    code: String,
+    message: String,
+    stage: String,
+}
+
 /// A child process killed (and reaped) when the test ends, whichever way it ends.
 struct KillOnDrop(Child);
 
@@ -833,6 +844,149 @@ async fn the_client_speaks_tls_and_mutual_tls() {
         "ok refused without a client certificate: Unavailable",
     );
     line(&probe.output, "ok refused in plaintext: Unavailable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handlers_outcome_is_its_jobs_result_failure_retry_or_dead_letter() {
+    let py = Py::new();
+    let db = ScratchDb::new();
+    let server = server(&db, &[]).await;
+    let addr = format!("127.0.0.1:{}", server.port);
+    let ran = py
+        .run(
+            "outcomes",
+            "clients/python/tests/worker_outcomes.py",
+            &[&addr],
+        )
+        .await;
+    assert_eq!(ran.code, Some(0), "{}", ran.output);
+    line(&ran.output, "done");
+
+    let mut conn = PgConnection::connect(&db.url()).await.unwrap();
+    let rows = sqlx::query(
+        "SELECT idempotency_key, status, attempt, result, last_error_code, last_error_message, stage \
+         FROM job WHERE idempotency_key LIKE 'outcome-%'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let jobs: BTreeMap<String, Outcome> = rows
+        .iter()
+        .map(|r| {
+            let text = |i: usize| r.get::<Option<String>, _>(i).unwrap_or_default();
+            let outcome = Outcome {
+                status: text(1),
+                attempt: r.get(2),
+                result: r.get(3),
+                code: text(4),
+                message: text(5),
+                stage: text(6),
+            };
+            (text(0), outcome)
+        })
+        .collect();
+    let job = |key: &str| jobs[&format!("outcome-{key}")].clone();
+    // The return value is the result; a value that is not an object is wrapped.
+    let ok = job("ok");
+    assert_eq!(
+        (ok.status.as_str(), ok.attempt, ok.code.as_str()),
+        ("succeeded", 1, "")
+    );
+    assert_eq!(
+        ok.result,
+        Some(json!({"params": {"case": "ok"}, "attempt": 1}))
+    );
+    let async_ok = job("async-ok");
+    assert_eq!(async_ok.status, "succeeded");
+    assert_eq!(async_ok.result, Some(json!({"async": true})));
+    assert_eq!(async_ok.stage, "only");
+    assert_eq!(job("scalar").result, Some(json!({"value": 42})));
+    // An exception: its class name (or its error_code) and its message.
+    let boom = job("boom");
+    assert_eq!(
+        (boom.code.as_str(), boom.message.as_str()),
+        ("ValueError", "bad input")
+    );
+    let quota = job("quota");
+    assert_eq!(
+        (quota.code.as_str(), quota.message.as_str()),
+        ("QUOTA", "over the daily quota")
+    );
+    let unjson = job("unjson");
+    assert!(
+        ["TypeError", "ValueError"].contains(&unjson.code.as_str()),
+        "{unjson:?}"
+    );
+    assert_ne!(unjson.status, "succeeded");
+    // Retry(after=0.3): failed with RETRY, claimable 300 ms later, then succeeded.
+    let later = job("later");
+    assert_eq!(
+        (later.status.as_str(), later.attempt),
+        ("succeeded", 2),
+        "{later:?}"
+    );
+    assert_eq!(later.result, Some(json!({"retried": true})));
+    let all = events(&mut conn, "outcome-").await;
+    let failed = all["outcome-later"]
+        .iter()
+        .find(|e| e.step == "running->failed")
+        .expect("the retried attempt failed first");
+    assert_eq!(failed.error_code, "RETRY");
+    let due: DateTime<Utc> = sqlx::query_scalar(
+        "SELECT (e.detail_json->>'run_after')::timestamptz FROM job_event e JOIN job j ON j.id = e.job_id \
+         WHERE j.idempotency_key = 'outcome-later' AND e.next_status = 'failed'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let delay = (due - failed.ts).num_milliseconds();
+    assert!(
+        (290..=400).contains(&delay),
+        "retried {delay} ms after the failure"
+    );
+    // Fail(retry=False): dead-lettered on the first of 3 attempts, in one transaction.
+    let dead = job("dead");
+    assert_eq!(
+        (dead.status.as_str(), dead.attempt, dead.code.as_str()),
+        ("dead_letter", 1, "NO_FILE")
+    );
+    let steps: Vec<&str> = all["outcome-dead"]
+        .iter()
+        .map(|e| e.step.as_str())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "-->queued",
+            "queued->running",
+            "running->failed",
+            "failed->dead_letter"
+        ]
+    );
+    let (fail, dead_letter) = (&all["outcome-dead"][2], &all["outcome-dead"][3]);
+    assert_eq!(fail.ts, dead_letter.ts, "one transaction");
+    assert_eq!(dead_letter.actor, "outcomes");
+    // detail(...) and progress(..., **detail) are events with the fields.
+    let details: Vec<Value> = sqlx::query_scalar(
+        "SELECT e.detail_json FROM job_event e JOIN job j ON j.id = e.job_id \
+         WHERE j.idempotency_key = 'outcome-detail' AND e.prev_status = 'running' \
+           AND e.next_status = 'running' ORDER BY e.seq",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(details.len(), 2, "{details:?}");
+    assert_eq!(details[0]["rows_seen"], 7);
+    assert_eq!(
+        (
+            &details[1]["stage"],
+            &details[1]["progress"],
+            &details[1]["note"]
+        ),
+        (&json!("end"), &json!(90), &json!("almost"))
+    );
+    conn.close().await.unwrap();
+    check(&db.url());
 }
 
 // --- the worker under faults ------------------------------------------------------------

@@ -33,6 +33,7 @@ from jobledger._models import ClaimedJob, Job, JobStatus, Seconds, TransitionRes
 from jobledger.aio import AsyncClient
 from jobledger.errors import (
     Aborted,
+    DeadlineExceeded,
     FailedPrecondition,
     JobledgerError,
     NotFound,
@@ -360,9 +361,11 @@ class Worker:
                 claimed = await self._claim(min(free, 100))
             except (JobledgerError, asyncio.TimeoutError) as err:
                 if isinstance(err, JobledgerError) and not (
-                    err.retryable or isinstance(err, ResourceExhausted)
+                    err.retryable or isinstance(err, ResourceExhausted | DeadlineExceeded)
                 ):
                     raise  # INVALID_ARGUMENT, PERMISSION_DENIED, ...: a setup error
+                # Claimed again later, never repeated blindly: a claim whose answer was
+                # lost may have taken jobs; their leases run out and they are rescued.
                 wait = getattr(err, "retry_delay", None) or backoff
                 self.say(f"claim failed ({err}); claiming again in {wait:.2g}s")
                 await self._until(None, timeout=wait)
