@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import grpc
@@ -57,6 +58,35 @@ def token(secret: str, org: str, expires_in: float) -> str:
     claims = b64(json.dumps({"org_id": org, "exp": int(time.time() + expires_in)}).encode())
     signature = hmac.new(secret.encode(), f"{header}.{claims}".encode(), hashlib.sha256).digest()
     return f"{header}.{claims}.{b64(signature)}"
+
+
+def reraise(error: BaseException) -> Callable[[], None]:
+    """An action that raises `error` (one caught elsewhere, for `expect`)."""
+
+    def action() -> None:
+        raise error
+
+    return action
+
+
+def one_refused(calls: list[Callable[[], Any]]) -> Callable[[], None]:
+    """Runs `calls` at once (each in a thread); exactly one must raise. An action that
+    raises what it raised."""
+    errors_seen: list[BaseException] = []
+
+    def run(call: Callable[[], Any]) -> None:
+        try:
+            call()
+        except JobledgerError as err:
+            errors_seen.append(err)
+
+    threads = [threading.Thread(target=run, args=(call,), daemon=True) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(errors_seen) == 1, errors_seen
+    return reraise(errors_seen[0])
 
 
 def raw_call(client: Client, method: str, body: bytes) -> None:
@@ -135,57 +165,76 @@ def probe(addr: str, auth_addr: str, secret: str, org: str, exhausted: str) -> N
     other_org = str(uuid.uuid4())
     denied = expect(errors.PermissionDenied, lambda: authed.count(org_id=other_org))
     assert denied.reason == "ORG_MISMATCH" and denied.metadata["org_id"] == other_org
-    stranger = authed.create("probe").job
+    authed.create("probe")  # the token works
     # A cursor of this ledger moved past every transaction it has seen (a forged one, or
     # one from another cluster): out of range.
     version, xid, rest = next(iter(client.events(first.id, history_only=True))).cursor.split(".", 2)
     forged = f"{version}.{int(xid, 16) + 0x10000000:x}.{rest}"
     expect(errors.CursorOutOfRange, lambda: next(client.events(first.id, after_cursor=forged)))
-    busy = threading.Thread(
-        target=lambda: authed.claim(["nothing"], worker_id="probe", wait=3), daemon=True
+    # Two long-polls at once where one call may be in progress: one of them is refused.
+    refused = one_refused(
+        [partial(authed.claim, ["nothing"], worker_id=f"probe-{i}", wait=2) for i in range(2)]
     )
-    busy.start()
-    time.sleep(0.5)
-    expect(errors.TooManyRequests, lambda: authed.get(stranger.id))
-    busy.join()
+    expect(errors.TooManyRequests, refused)
     expired = Client(auth_addr, token=token(secret, org, -3600), retries=Retries(budget=0))
+
+    def past_deadline() -> None:
+        # An org stream never ends by itself: its deadline does (on the second server,
+        # whose stream limit is not the test's).
+        stream = authed._stub.StreamEvents(
+            ledger_pb2.StreamEventsRequest(), timeout=0.3, metadata=authed.settings.metadata()
+        )
+        try:
+            next(stream)
+        except grpc.RpcError as err:
+            raise errors.from_rpc_error(err) from None
+
+    expect(errors.DeadlineExceeded, past_deadline)
     expect(errors.Unauthenticated, lambda: expired.count())
 
     # Limits of the first server.
     expect(errors.RequestTooLarge, lambda: client.create("probe", {"blob": "x" * 200_000}))
-    expect(errors.DeadlineExceeded, lambda: client.get(job.id, timeout=0.000001))
-    waiting = threading.Thread(
-        target=lambda: client.claim(["nothing"], worker_id="probe", wait=3), daemon=True
+    # Two long-polls at once where one claim may wait: one of them is refused.
+    refused = one_refused(
+        [partial(client.claim, ["nothing"], worker_id=f"probe-{i}", wait=2) for i in range(2)]
     )
-    waiting.start()
-    time.sleep(0.5)
-    expect(
-        errors.TooManyWaitingClaims,
-        lambda: client.claim(["nothing"], worker_id="probe-2", wait=3),
-    )
-    waiting.join()
-    # One open stream (org scope: open until cancelled; nothing happens in the org, so
-    # it is read in a thread), then another is one too many.
-    org_stream = client._stub.StreamEvents(ledger_pb2.StreamEventsRequest())
-    ended: list[JobledgerError] = []
+    expect(errors.TooManyWaitingClaims, refused)
+    # Two org streams (open until cancelled) where one may be open: one of them is
+    # refused; the other is then cancelled by this process (CANCELLED).
+    streams = [client._stub.StreamEvents(ledger_pb2.StreamEventsRequest()) for _ in range(2)]
 
-    def hold() -> None:
+    def read(stream: Any) -> None:
         try:
-            next(org_stream, None)
+            next(stream, None)
         except grpc.RpcError as err:
-            ended.append(errors.from_rpc_error(err))
+            raise errors.from_rpc_error(err) from None
 
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    time.sleep(0.5)
-    expect(errors.TooManyStreams, lambda: next(client.events(job.id)))
-    org_stream.cancel()  # by this process: CANCELLED
-    holder.join()
+    outcomes: list[JobledgerError | None] = [None, None]
+    done = [threading.Event(), threading.Event()]
 
-    def reraise() -> None:
-        raise ended[0]
+    def hold(i: int) -> None:
+        try:
+            read(streams[i])
+        except JobledgerError as err:
+            outcomes[i] = err
+        done[i].set()
 
-    expect(errors.Cancelled, reraise)
+    for i in range(2):
+        threading.Thread(target=hold, args=(i,), daemon=True).start()
+    deadline = time.monotonic() + 20
+    while not any(d.is_set() for d in done):
+        assert time.monotonic() < deadline, "neither stream was refused"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    for stream in streams:
+        stream.cancel()
+    for d in done:
+        assert d.wait(10)
+    kinds = sorted(type(o).__name__ for o in outcomes)
+    assert kinds == ["Cancelled", "TooManyStreams"], outcomes
+    for outcome in outcomes:
+        assert outcome is not None
+        expect(type(outcome), reraise(outcome))
 
     # Nothing listening.
     nowhere = Client("127.0.0.1:1", retries=Retries(budget=0), timeout=5)
