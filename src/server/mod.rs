@@ -253,23 +253,7 @@ impl Application {
             self.config.group_commit.map(|g| g.writers),
             stop.clone(),
         );
-        let metrics = self.metrics.clone();
-        // On a connection of its own: the rescuer never takes a request's connection or
-        // waits for one, and shows as `jobledger-rescuer` in pg_stat_activity.
-        let rescuer = tokio::spawn(dispatch::rescue_loop(
-            Store::single(
-                options.clone(),
-                "jobledger-rescuer",
-                self.config.statement_timeout,
-            ),
-            feed.clone(),
-            self.config.dispatch.rescue_interval,
-            move |outcome| {
-                metrics.record_rescue(&outcome.job.job_type);
-                metrics.record_transitions(&outcome.job.job_type, &outcome.events);
-            },
-            stop.clone(),
-        ));
+        let rescuer = self.start_rescuer(&feed, stop);
         let metrics_stop = CancellationToken::new();
         let metrics_server = self.metrics_listener.take().map(|listener| {
             tokio::spawn(metrics::serve(
@@ -287,6 +271,25 @@ impl Application {
             metrics_server,
             stop_metrics: metrics_stop.drop_guard(),
         }
+    }
+    /// The rescuer, on a connection of its own: it never takes a request's connection
+    /// or waits for one, and shows as `jobledger-rescuer` in pg_stat_activity.
+    fn start_rescuer(&self, feed: &Feed, stop: &CancellationToken) -> JoinHandle<()> {
+        let metrics = self.metrics.clone();
+        tokio::spawn(dispatch::rescue_loop(
+            Store::single(
+                self.config.database.clone(),
+                "jobledger-rescuer",
+                self.config.statement_timeout,
+            ),
+            feed.clone(),
+            self.config.dispatch.rescue_interval,
+            move |outcome| {
+                metrics.record_rescue(&outcome.job.job_type);
+                metrics.record_transitions(&outcome.job.job_type, &outcome.events);
+            },
+            stop.clone(),
+        ))
     }
 }
 
